@@ -1,0 +1,94 @@
+"""``run_benchmark``: train what is missing, evaluate methods side by side, print the leaderboard."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from moodcat_plugin.errors import UserError
+
+EXAMPLES = """examples:
+  python scripts/run_benchmark.py                                   # demo benchmark, every method
+  python scripts/run_benchmark.py --postprocessor msp odin ebo      # demo, post-hoc baselines
+  python scripts/run_benchmark.py --benchmark cifar10 --postprocessor moodcat msp odin ebo
+  python scripts/run_benchmark.py --benchmark cifar10 --data-root ~/OpenOOD/data   # OpenOOD layout
+  python scripts/run_benchmark.py --benchmark cifar10 --profile gpu --device cuda
+  python scripts/run_benchmark.py --postprocessor odin --set postprocessors.odin.postprocessor.APS_mode=false
+  python scripts/run_benchmark.py --benchmark cifar10 --postprocessor msp \\
+      --set network.width=1.0 --set network.checkpoint=/path/to/openood/best.ckpt
+  python scripts/run_benchmark.py --list                            # what is registered
+"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="run_benchmark.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Evaluate OOD detectors (MOODCAT and baselines) side by side on one benchmark.")
+    parser.add_argument("--postprocessor", "-p", nargs="+", default=["all"], metavar="NAME",
+                        help="methods to run (config names under configs/postprocessors), or 'all' (default)")
+    parser.add_argument("--benchmark", "-b", default="demo", help="benchmark config name (default: demo)")
+    parser.add_argument("--profile", help="tiny, demo, cpu or gpu (default: the benchmark's default_profile)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE", help="extra YAML merged on top")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one config value, e.g. trainer.num_epochs=5 (repeatable)")
+    parser.add_argument("--data-root", help="npz data pack or OpenOOD data folder (default: ../shared/data)")
+    parser.add_argument("--output-dir", help="where checkpoints, scores and leaderboards go (default: results)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
+    parser.add_argument("--seed", type=int, help="random seed (default: 0)")
+    parser.add_argument("--fpr-convention", choices=["ood_positive", "id_positive"],
+                        help="FPR@95 convention for the tables (default: ood_positive, as OpenOOD)")
+    parser.add_argument("--config-root", type=Path, help="folder holding base.yml and the config folders")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--list", action="store_true", help="list benchmarks and registered methods, then exit")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug details")
+    return parser.parse_args(argv)
+
+
+def list_registered(config_root: Path) -> str:
+    from moodcat_plugin.pipeline import available
+    from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS
+
+    return "\n".join([
+        f"benchmarks:      {', '.join(available(config_root, 'benchmarks'))}",
+        f"method configs:  {', '.join(available(config_root, 'postprocessors'))}",
+        f"postprocessors:  {', '.join(POSTPROCESSORS.names())}",
+        f"trainers:        {', '.join(TRAINERS.names())}",
+        f"networks:        {', '.join(NETWORKS.names())}",
+    ])
+
+
+def run(args: argparse.Namespace) -> str:
+    from moodcat_plugin.pipeline import Runner, build_config, default_config_root, expand_methods
+
+    config_root = args.config_root or default_config_root()
+    if args.list:
+        return list_registered(config_root)
+    methods = expand_methods(args.postprocessor, config_root)
+    flags = {"data_root": args.data_root, "output_dir": args.output_dir, "device": args.device, "seed": args.seed,
+             "fpr_convention": args.fpr_convention, "progress": False if args.no_progress else None}
+    config = build_config(args.benchmark, methods, args.profile, args.config, args.overrides, flags, config_root)
+    started = time.time()
+    runner = Runner(config)
+    for method in methods:
+        logging.getLogger(__name__).info("evaluating %s", method)
+        runner.run_method(method)
+    markdown = runner.leaderboard()
+    return (f"{markdown}\nSaved to {runner.results_dir}/leaderboard.{{md,csv,json}} "
+            f"(profile {config.profile}, device {config.device}, {time.time() - started:.0f} s)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        print(run(args))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished checkpoints and scores are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,154 @@
+"""YAML configuration: loading, profile selection, strict merging and CLI overrides.
+
+A run's configuration is assembled from files under ``configs/`` (see ``pipeline.build_config``).
+Each file is plain data. A file may carry a ``profiles:`` mapping (``tiny``, ``demo``, ``cpu``,
+``gpu``): the selected profile is overlaid on the file's own values and the mapping dropped.
+Merging is strict: an override may only set keys that already exist, and an unknown key is a
+:class:`ConfigError` naming the closest valid key. ``Config`` gives attribute access
+(``config.trainer.lr``) as OpenOOD's Config does.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from moodcat_plugin.errors import ConfigError
+
+PROFILES_KEY = "profiles"
+# Mappings whose keys are data (dataset names, per-method sections), not a fixed schema.
+OPEN_SECTIONS = frozenset({"near", "far", "postprocessors", "extra_datasets"})
+
+
+class Config(dict):
+    """A dict with attribute access; nested mappings become Configs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            super().__setitem__(key, _wrap(value))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(_unknown_key_message(name, self.keys(), "")) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, _wrap(value))
+
+    def __deepcopy__(self, memo):
+        return Config(copy.deepcopy(dict(self), memo))
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(self, default=str))
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value
+    if isinstance(value, Mapping):
+        return Config(value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _unknown_key_message(key: str, valid: Iterable[str], where: str) -> str:
+    valid = sorted(str(v) for v in valid)
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.0)
+    location = f" in '{where}'" if where else ""
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown config key '{key}'{location}.{hint} Valid keys: {', '.join(valid)}."
+
+
+def load_yaml(path: Path | str) -> dict:
+    """Read one YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at top level, found {type(data).__name__}")
+    return data
+
+
+def select_profile(data: dict, profile: str, source: str = "") -> dict:
+    """Overlay ``data['profiles'][profile]`` (if the file has profiles) and drop the mapping."""
+    data = copy.deepcopy(data)
+    profiles = data.pop(PROFILES_KEY, None)
+    if profiles is None:
+        return data
+    if profile not in profiles:
+        raise ConfigError(
+            f"{source or 'config'} has no profile '{profile}'; it defines: {', '.join(profiles)}."
+        )
+    return merge(data, profiles[profile] or {}, where=source)
+
+
+def merge(base: Mapping, override: Mapping, where: str = "", strict: bool = True) -> dict:
+    """Recursively overlay ``override`` on ``base`` and return a new dict.
+
+    With ``strict``, keys absent from ``base`` raise ConfigError naming the closest key,
+    except inside open sections (dataset groups, per-method sections) and where ``base`` is empty.
+    """
+    result = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        path = f"{where}.{key}" if where else str(key)
+        section_name = where.rsplit(".", 1)[-1]
+        is_open = section_name in OPEN_SECTIONS or not base
+        if key not in result:
+            if strict and not is_open:
+                raise ConfigError(_unknown_key_message(key, result.keys(), where))
+            result[key] = copy.deepcopy(value)
+        elif isinstance(result[key], Mapping) and isinstance(value, Mapping):
+            result[key] = merge(result[key], value, where=path, strict=strict)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def parse_override(text: str) -> dict:
+    """Turn ``'a.b.c=VALUE'`` into ``{'a': {'b': {'c': VALUE}}}``; VALUE is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.subkey=value")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
+    nested: dict = {}
+    cursor = nested
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override '{text}' names no key")
+    for key in keys[:-1]:
+        cursor = cursor.setdefault(key, {})
+    cursor[keys[-1]] = value
+    return nested
+
+
+def config_hash(*sections: Any, length: int = 12) -> str:
+    """Stable short hash of JSON-serialisable config sections (for checkpoint caching)."""
+    blob = json.dumps(sections, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def require_keys(section: Mapping, keys: Iterable[str], where: str) -> None:
+    """Raise ConfigError if any of ``keys`` is missing from ``section``."""
+    missing = [k for k in keys if k not in section]
+    if missing:
+        raise ConfigError(f"{where} is missing required key(s): {', '.join(missing)}")

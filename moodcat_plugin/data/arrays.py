@@ -1,0 +1,99 @@
+"""In-memory image sets and the readers that produce them (npz pack, OpenOOD image lists).
+
+Every dataset becomes an :class:`ImageArray`: ``images`` uint8 (N, H, W, 3) RGB and ``labels``
+int64 (N,), with -1 for OOD sets. 32x32 benchmarks fit in memory, which keeps loading simple and
+fast on CPU.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from moodcat_plugin.errors import DataError
+
+
+@dataclass
+class ImageArray:
+    """A named set of images. images: uint8 (N, H, W, 3); labels: int64 (N,)."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise DataError(
+                f"dataset '{self.name}': images must be uint8 (N, H, W, 3), got "
+                f"{self.images.dtype} {self.images.shape}"
+            )
+        if len(self.images) != len(self.labels):
+            raise DataError(f"dataset '{self.name}': {len(self.images)} images but {len(self.labels)} labels")
+        self.labels = self.labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: np.ndarray, name: str | None = None) -> "ImageArray":
+        return ImageArray(name or self.name, self.images[indices], self.labels[indices])
+
+    def as_ood(self) -> "ImageArray":
+        """Copy with every label set to -1 (OpenOOD's OOD label)."""
+        return ImageArray(self.name, self.images, np.full(len(self), -1, dtype=np.int64))
+
+
+def read_npz(path: Path, name: str) -> ImageArray:
+    """Read ``images``/``labels`` from an npz file of the data pack."""
+    try:
+        with np.load(path) as pack:
+            return ImageArray(name, pack["images"], pack["labels"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path} is not a valid data-pack npz (needs 'images' and 'labels'): {exc}") from exc
+
+
+def _parse_imglist_label(extra: str, line: str, listfile: Path) -> int:
+    extra = extra.strip()
+    if not extra:
+        return -1
+    try:
+        value = ast.literal_eval(extra)
+    except (ValueError, SyntaxError) as exc:
+        raise DataError(f"{listfile}: cannot parse label in line '{line.strip()}'") from exc
+    if isinstance(value, dict):
+        return int(value.get("class_label", value.get("label", -1)))
+    return int(value)
+
+
+def _load_rgb(path: Path, size: int) -> np.ndarray:
+    """Resize (shorter side) and centre-crop to ``size``, as OpenOOD's test transform."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = size / min(width, height)
+        if scale != 1:
+            image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR)
+        width, height = image.size
+        left, top = (width - size) // 2, (height - size) // 2
+        return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def read_imglist(listfile: Path, image_root: Path, name: str, image_size: int = 32,
+                 progress: bool = True) -> ImageArray:
+    """Read an OpenOOD ``benchmark_imglist`` file: lines ``<relative path> <label or dict>``."""
+    lines = [line for line in listfile.read_text().splitlines() if line.strip()]
+    images, labels = [], []
+    for line in tqdm(lines, desc=f"reading {name}", disable=not progress, leave=False):
+        relative, _, extra = line.partition(" ")
+        path = image_root / relative
+        if not path.is_file():
+            raise DataError(f"{listfile} names {path}, which does not exist; check --data-root "
+                            "(it must hold benchmark_imglist/ and images_classic/)")
+        images.append(_load_rgb(path, image_size))
+        labels.append(_parse_imglist_label(extra, line, listfile))
+    if not images:
+        raise DataError(f"{listfile} lists no images")
+    return ImageArray(name, np.stack(images), np.asarray(labels, dtype=np.int64))

@@ -1,0 +1,159 @@
+"""Benchmarks: which image sets play which role, read from a benchmark YAML.
+
+A benchmark file (``configs/benchmarks/*.yml``) names, for every role, where its images come
+from in each supported source::
+
+    splits:
+      id: {train: SPEC, val: SPEC, test: SPEC}     # required
+      ood_val: SPEC                                # required (APS, calibration)
+      outlier: SPEC                                # optional (OE, UDG, MCD, MOODCAT+ext)
+      near: {NAME: SPEC, ...}                      # optional sets, skipped with a warning if absent
+      far: {NAME: SPEC, ...}
+
+where ``SPEC`` maps a source to a location: ``npz: cifar100_test`` (a file of the npz pack in
+the data root), ``imglist: benchmark_imglist/cifar10/test_cifar100.txt`` (OpenOOD layout under
+the data root, images under ``images_classic/``) or ``demo: digits_6to9`` (embedded demo).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+
+from moodcat_plugin.config import require_keys
+from moodcat_plugin.data.arrays import ImageArray, read_imglist, read_npz
+from moodcat_plugin.errors import DataError
+
+log = logging.getLogger(__name__)
+OOD_GROUPS = ("near", "far")
+GET_DATA_HINT = (
+    "Pass --data-root with the npz data pack (files like cifar10_test.npz) or OpenOOD's layout "
+    "(benchmark_imglist/ and images_classic/, see OpenOOD's scripts/download), "
+    "or run the embedded demo with --benchmark demo."
+)
+
+
+@dataclass
+class Benchmark:
+    """Loaded image sets of one benchmark. Images uint8 NHWC; ID labels in [0, num_classes)."""
+
+    name: str
+    num_classes: int
+    mean: List[float]
+    std: List[float]
+    id: Dict[str, ImageArray]
+    ood_val: ImageArray
+    near: Dict[str, ImageArray] = field(default_factory=dict)
+    far: Dict[str, ImageArray] = field(default_factory=dict)
+    outlier: Optional[ImageArray] = None
+    missing: List[str] = field(default_factory=list)
+
+    def ood_groups(self) -> Dict[str, Dict[str, ImageArray]]:
+        return {"near": self.near, "far": self.far}
+
+
+def detect_source(data_root: Optional[Path], spec_sources: List[str]) -> str:
+    """Which source to read: ``demo`` if the benchmark is embedded, else npz or OpenOOD layout."""
+    if spec_sources == ["demo"]:
+        return "demo"
+    if data_root is None:
+        raise DataError(f"this benchmark needs a data folder. {GET_DATA_HINT}")
+    if not data_root.is_dir():
+        raise DataError(f"data folder {data_root} does not exist. {GET_DATA_HINT}")
+    return "imglist" if (data_root / "benchmark_imglist").is_dir() else "npz"
+
+
+class _Reader:
+    """Resolves SPECs for one source and remembers which optional sets are missing."""
+
+    def __init__(self, source: str, data_root: Optional[Path], image_size: int, progress: bool):
+        self.source, self.data_root, self.image_size, self.progress = source, data_root, image_size, progress
+        self._demo_sets = None
+        if source == "demo":
+            from moodcat_plugin.data.demo import build_demo_sets
+
+            self._demo_sets = build_demo_sets(seed=0)
+        self.missing: List[str] = []
+
+    def path_of(self, spec: Mapping) -> Optional[Path]:
+        if self.source not in spec:
+            return None
+        if self.source == "npz":
+            return self.data_root / f"{spec['npz']}.npz"
+        if self.source == "imglist":
+            return self.data_root / spec["imglist"]
+        return None
+
+    def read(self, role: str, name: str, spec: Mapping, required: bool) -> Optional[ImageArray]:
+        if self.source == "demo":
+            return self._demo_sets[spec["demo"]].subset(slice(None), name)
+        path = self.path_of(spec)
+        if path is None or not path.is_file():
+            where = path if path is not None else f"(no '{self.source}' entry in the benchmark file)"
+            if required:
+                raise DataError(f"{role} set '{name}' not found: {where}. {GET_DATA_HINT}")
+            log.warning("skipping %s set '%s': %s is missing", role, name, where)
+            self.missing.append(name)
+            return None
+        if self.source == "npz":
+            return read_npz(path, name)
+        return read_imglist(path, self.data_root / "images_classic", name, self.image_size, self.progress)
+
+
+def _check_id_labels(array: ImageArray, num_classes: int) -> None:
+    low, high = int(array.labels.min()), int(array.labels.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(
+            f"ID set '{array.name}' has labels in [{low}, {high}] but the benchmark declares "
+            f"num_classes={num_classes}; fix num_classes in the benchmark file or the labels"
+        )
+
+
+def load_benchmark(spec: Mapping, data_root: Optional[str], progress: bool = True) -> Benchmark:
+    """Read every set of the benchmark described by ``spec`` (the benchmark config section)."""
+    require_keys(spec, ["name", "num_classes", "normalization", "splits"], f"benchmark '{spec.get('name')}'")
+    splits = spec["splits"]
+    require_keys(splits, ["id", "ood_val"], f"benchmark '{spec['name']}' splits")
+    sources = sorted({source for s in _all_specs(splits) for source in s})
+    root = Path(data_root).expanduser() if data_root else None
+    reader = _Reader(detect_source(root, sources), root, spec.get("image_size", 32), progress)
+
+    id_sets = {split: reader.read("ID", f"{spec['name']}_{split}", splits["id"][split], True)
+               for split in ("train", "val", "test")}
+    for array in id_sets.values():
+        _check_id_labels(array, spec["num_classes"])
+    ood_val = reader.read("OOD validation", "ood_val", splits["ood_val"], True).as_ood()
+    groups = {group: {} for group in OOD_GROUPS}
+    for group in OOD_GROUPS:
+        for name, item in (splits.get(group) or {}).items():
+            array = reader.read(f"{group}-OOD", name, item, False)
+            if array is not None:
+                groups[group][name] = array.as_ood()
+    outlier = None
+    if splits.get("outlier"):
+        outlier = reader.read("outlier", "outlier", splits["outlier"], False)
+    return Benchmark(
+        name=spec["name"], num_classes=spec["num_classes"],
+        mean=list(spec["normalization"]["mean"]), std=list(spec["normalization"]["std"]),
+        id=id_sets, ood_val=ood_val, near=groups["near"], far=groups["far"],
+        outlier=outlier, missing=reader.missing,
+    )
+
+
+def _all_specs(splits: Mapping):
+    yield from splits["id"].values()
+    yield splits["ood_val"]
+    if splits.get("outlier"):
+        yield splits["outlier"]
+    for group in OOD_GROUPS:
+        yield from (splits.get(group) or {}).values()
+
+
+def class_balanced_subset(array: ImageArray, per_class: int, seed: int) -> ImageArray:
+    """At most ``per_class`` images of each label (used by small profiles)."""
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(array.labels == c))[:per_class] for c in np.unique(array.labels)]
+    return array.subset(np.sort(np.concatenate(keep)))

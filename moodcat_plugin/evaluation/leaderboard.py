@@ -1,0 +1,157 @@
+"""Side-by-side leaderboards rebuilt from saved per-sample scores.
+
+Rows are methods (plus one row per recorded component, e.g. ``moodcat:cb``); columns are the
+OOD datasets, near/far means (± standard deviation over datasets) and the ID accuracy of the
+network each method evaluates. Written as Markdown, CSV and JSON under the results folder;
+because it is rebuilt from every method folder present, a later run adds or replaces only its
+own rows. Usage: ``python -m moodcat_plugin.evaluation.leaderboard RESULTS_DIR [--fpr id_positive]``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from moodcat_plugin.evaluation.evaluator import ID_TEST
+from moodcat_plugin.evaluation.metrics import FPR_CONVENTIONS, accuracy, ood_metrics
+from moodcat_plugin.utils import atomic_write_json, atomic_write_text
+
+METRICS = ("AUROC", "FPR@95", "AUPR_IN", "AUPR_OUT")
+LOWER_IS_BETTER = {"FPR@95"}
+
+
+def _load_scores(folder: Path, name: str) -> dict:
+    with np.load(folder / f"{name}.npz") as pack:
+        return {key: pack[key] for key in pack.files}
+
+
+def _rows_of_method(folder: Path) -> List[dict]:
+    """One row for the method's conf, and one per component conf."""
+    meta = json.loads((folder / "meta.json").read_text())
+    id_scores = _load_scores(folder, ID_TEST)
+    acc = accuracy(id_scores["pred"], id_scores["label"])
+    variants = {meta["method"]: "conf"}
+    variants.update({f"{meta['method']}:{c}": f"component_{c}" for c in meta.get("components", [])})
+    rows = []
+    for row_name, key in variants.items():
+        datasets = {}
+        for group, names in meta["groups"].items():
+            for name in names:
+                ood = _load_scores(folder, name)
+                datasets[name] = {"group": group, **ood_metrics(id_scores[key], ood[key])}
+        rows.append({"method": row_name, "acc": acc, "outlier_data": meta.get("outlier_data", False),
+                     "network": meta.get("network", ""), "datasets": datasets, "meta": meta})
+    return rows
+
+
+def collect_rows(results_dir: Path) -> List[dict]:
+    scores_dir = Path(results_dir) / "scores"
+    folders = sorted(p for p in scores_dir.glob("*") if (p / "meta.json").is_file()) if scores_dir.is_dir() else []
+    return [row for folder in folders for row in _rows_of_method(folder)]
+
+
+def _metric_key(metric: str, convention: str) -> str:
+    return f"FPR@95_{convention}" if metric == "FPR@95" else metric
+
+
+def _columns(rows: List[dict]) -> Dict[str, List[str]]:
+    columns: Dict[str, List[str]] = {"near": [], "far": []}
+    for row in rows:
+        for name, values in row["datasets"].items():
+            if name not in columns[values["group"]]:
+                columns[values["group"]].append(name)
+    return columns
+
+
+def table_values(row: dict, metric: str, convention: str, columns: Dict[str, List[str]]) -> Dict[str, tuple]:
+    """Column name -> (mean, std) in percent (std 0 for single datasets, None if absent)."""
+    key = _metric_key(metric, convention)
+    values: Dict[str, tuple] = {}
+    for group, names in columns.items():
+        present = [100 * row["datasets"][n][key] for n in names if n in row["datasets"]]
+        for name in names:
+            values[name] = (100 * row["datasets"][name][key], 0.0) if name in row["datasets"] else None
+        values[f"{group} mean"] = (float(np.mean(present)), float(np.std(present))) if present else None
+    return values
+
+
+def render_markdown(rows: List[dict], benchmark: str, convention: str, missing: List[str]) -> str:
+    columns = _columns(rows)
+    ordered = columns["near"] + ["near mean"] + columns["far"] + ["far mean"]
+    lines = [f"# Leaderboard: {benchmark}", "",
+             f"FPR@95 column convention: **{FPR_CONVENTIONS[convention]}**. Values in percent; "
+             "group means are unweighted over datasets (± std). Best per column in bold.",
+             f"Missing OOD sets (not in the data folder, skipped): {', '.join(missing) or 'none'}.", ""]
+    for metric in METRICS:
+        title = FPR_CONVENTIONS[convention] if metric == "FPR@95" else metric
+        table = {row["method"]: table_values(row, metric, convention, columns) for row in rows}
+        best = {}
+        for column in ordered:
+            present = [v[0] for v in (t[column] for t in table.values()) if v is not None]
+            if present:
+                best[column] = min(present) if metric in LOWER_IS_BETTER else max(present)
+        lines += [f"## {title}", "", "| method | outlier data | ID acc | " + " | ".join(ordered) + " |",
+                  "|---" * (len(ordered) + 3) + "|"]
+        for row in rows:
+            cells = []
+            for column in ordered:
+                value = table[row["method"]][column]
+                if value is None:
+                    cells.append("-")
+                    continue
+                text = f"{value[0]:.2f}" + (f" ± {value[1]:.2f}" if column.endswith("mean") else "")
+                cells.append(f"**{text}**" if np.isclose(value[0], best[column]) and len(rows) > 1 else text)
+            outlier = "yes" if row["outlier_data"] else "no"
+            lines.append(f"| {row['method']} | {outlier} | {100 * row['acc']:.2f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_csv(rows: List[dict], convention: str) -> str:
+    columns = _columns(rows)
+    ordered = columns["near"] + ["near mean"] + columns["far"] + ["far mean"]
+    header = ["method", "outlier_data", "id_acc"]
+    header += [f"{metric}/{column}" for metric in METRICS for column in ordered]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows:
+        cells = [row["method"], row["outlier_data"], f"{100 * row['acc']:.4f}"]
+        for metric in METRICS:
+            values = table_values(row, metric, convention, columns)
+            cells += ["" if values[c] is None else f"{values[c][0]:.4f}" for c in ordered]
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+def write_leaderboard(results_dir: Path, benchmark: str, convention: str) -> str:
+    """Rebuild the leaderboard from saved scores; write .md/.csv/.json; return the Markdown."""
+    if convention not in FPR_CONVENTIONS:
+        raise ValueError(f"unknown FPR convention '{convention}'; use one of {', '.join(FPR_CONVENTIONS)}")
+    rows = collect_rows(results_dir)
+    missing = sorted({name for row in rows for name in row["meta"].get("missing", [])})
+    markdown = render_markdown(rows, benchmark, convention, missing)
+    results_dir = Path(results_dir)
+    atomic_write_text(markdown, results_dir / "leaderboard.md")
+    atomic_write_text(render_csv(rows, convention), results_dir / "leaderboard.csv")
+    atomic_write_json({"benchmark": benchmark, "fpr_convention": convention, "missing": missing,
+                       "rows": [{k: v for k, v in row.items() if k != "meta"} for row in rows]},
+                      results_dir / "leaderboard.json")
+    return markdown
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Rebuild a leaderboard from saved per-sample scores.")
+    parser.add_argument("results_dir", type=Path, help="e.g. results/cifar10")
+    parser.add_argument("--fpr", default="ood_positive", choices=sorted(FPR_CONVENTIONS))
+    args = parser.parse_args(argv)
+    print(write_leaderboard(args.results_dir, args.results_dir.name, args.fpr))
+
+
+if __name__ == "__main__":
+    main()

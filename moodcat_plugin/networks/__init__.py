@@ -1,0 +1,8 @@
+"""Networks: importing this package registers every built-in network."""
+from moodcat_plugin.networks.biggan_decoder import BigGANDecoder
+from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
+from moodcat_plugin.networks.moodcat_encoder import MoodcatEncoder
+from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
+from moodcat_plugin.networks.unet_discriminator import UNetDiscriminator
+
+__all__ = ["BigGANDecoder", "ConditionalBinaryClassifier", "MoodcatEncoder", "ResNet18_32x32", "UNetDiscriminator"]

@@ -1,0 +1,192 @@
+"""Assemble a run's config, build or load networks, and evaluate methods side by side.
+
+Config assembly, in order (later wins; every step after the files is strict):
+``configs/base.yml`` <- benchmark file (``dataset``) <- network and trainer files (profile
+applied) <- each method's ``configs/postprocessors/<name>.yml`` (under ``postprocessors.<name>``)
+<- ``--config`` user files <- ``--set`` overrides <- CLI flags.
+
+A method's file holds OpenOOD's ``postprocessor:`` section and may add ``trainer:`` /
+``network:`` sections: a training-time method (OE, MCD, ...) evaluates a network trained by its
+own trainer; every other method shares the benchmark's classifier.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from moodcat_plugin.config import Config, ConfigError, load_yaml, merge, parse_override, select_profile
+from moodcat_plugin.data import Benchmark, load_benchmark, make_loader
+from moodcat_plugin.evaluation import Evaluator, write_leaderboard
+from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, closest_names
+from moodcat_plugin.training import fit, run_folder
+from moodcat_plugin.utils import load_checkpoint, load_state_dict_strict, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def default_config_root() -> Path:
+    """``configs/`` beside the package (editable install / source checkout), else ``./configs``."""
+    beside = PACKAGE_ROOT.parent / "configs"
+    return beside if beside.is_dir() else Path.cwd() / "configs"
+
+
+def available(config_root: Path, kind: str) -> List[str]:
+    return sorted(p.stem for p in (config_root / kind).glob("*.yml"))
+
+
+def _named_file(config_root: Path, kind: str, name: str) -> Path:
+    path = config_root / kind / f"{name}.yml"
+    if not path.is_file():
+        names = available(config_root, kind)
+        hint = closest_names(name, names)
+        raise ConfigError(f"no {kind[:-1]} config '{name}' in {config_root / kind}."
+                          + (f" Did you mean: {', '.join(hint)}?" if hint else "")
+                          + f" Available: {', '.join(names)}.")
+    return path
+
+
+def expand_methods(names: Sequence[str], config_root: Path) -> List[str]:
+    """``all`` -> every method with a config file; unknown names fail with the closest ones."""
+    if list(names) == ["all"]:
+        return [n for n in available(config_root, "postprocessors") if n in POSTPROCESSORS or
+                load_yaml(_named_file(config_root, "postprocessors", n))["postprocessor"]["name"] in POSTPROCESSORS]
+    for name in names:
+        _named_file(config_root, "postprocessors", name)
+    return list(names)
+
+
+def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] = None,
+                 config_files: Sequence[str] = (), overrides: Sequence[str] = (),
+                 flags: Optional[dict] = None, config_root: Optional[Path] = None) -> Config:
+    """The merged, validated config of a run (see the module docstring for the order)."""
+    config_root = Path(config_root or default_config_root())
+    base = load_yaml(config_root / "base.yml")
+    dataset = load_yaml(_named_file(config_root, "benchmarks", benchmark))
+    profile = profile or dataset.get("default_profile", "cpu")
+    config = merge(base, {"profile": profile, "dataset": dataset})
+    for section in ("network", "trainer"):
+        name = config[section]["name"]
+        source = _named_file(config_root, f"{section}s", name)
+        config[section] = select_profile(load_yaml(source), profile, str(source))
+    for method in methods:
+        source = _named_file(config_root, "postprocessors", method)
+        config["postprocessors"][method] = select_profile(load_yaml(source), profile, str(source))
+    for path in config_files:
+        config = merge(config, load_yaml(path), where="")
+    for text in overrides:
+        config = merge(config, parse_override(text), where="")
+    config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None})
+    validate(config)
+    return Config(config)
+
+
+def validate(config: dict) -> None:
+    from moodcat_plugin.evaluation.metrics import FPR_CONVENTIONS
+
+    if config["fpr_convention"] not in FPR_CONVENTIONS:
+        raise ConfigError(f"fpr_convention '{config['fpr_convention']}' is not one of {', '.join(FPR_CONVENTIONS)}")
+    for method, section in config["postprocessors"].items():
+        if "postprocessor" not in section:
+            raise ConfigError(f"postprocessors.{method} has no 'postprocessor' section")
+        POSTPROCESSORS.get(section["postprocessor"]["name"])
+        if "trainer" in section:
+            TRAINERS.get(section["trainer"]["name"])
+    NETWORKS.get(config["network"]["name"])
+    TRAINERS.get(config["trainer"]["name"])
+
+
+def method_config(config: Config, method: str) -> Config:
+    """What one method sees: the run config with its own postprocessor/trainer/network sections."""
+    section = config.postprocessors[method]
+    view = {k: copy.deepcopy(v) for k, v in config.items() if k != "postprocessors"}
+    view["postprocessor"] = copy.deepcopy(section["postprocessor"])
+    for key in ("trainer", "network"):
+        if key in section:
+            view[key] = merge(view[key], section[key], strict=False)
+    for key, value in section.items():
+        if key not in ("postprocessor", "trainer", "network"):
+            view[key] = copy.deepcopy(value)
+    return Config(view)
+
+
+def build_network(network_cfg, num_classes: int) -> torch.nn.Module:
+    kwargs = {k: v for k, v in network_cfg.items() if k not in ("name", "checkpoint")}
+    return NETWORKS.get(network_cfg.name)(num_classes=num_classes, **kwargs)
+
+
+class Runner:
+    """Holds one run: config, benchmark, evaluator, and the networks trained so far."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.config.device = str(resolve_device(config.device))
+        seed_everything(config.seed)
+        self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
+        self.results_dir = Path(config.output_dir) / config.dataset.name
+        self.evaluator = Evaluator(config, self.benchmark, self.results_dir)
+        self._networks: Dict[str, tuple] = {}
+
+    # -- networks ------------------------------------------------------------------------------
+    def train_loader(self, cfg) -> torch.utils.data.DataLoader:
+        return make_loader(self.benchmark.id["train"], self.benchmark.mean, self.benchmark.std,
+                           cfg.trainer.batch_size, train=True, augment=cfg.dataset.get("train_augment", []),
+                           num_workers=cfg.num_workers, seed=cfg.seed)
+
+    def outlier_loader(self, cfg, method: str) -> torch.utils.data.DataLoader:
+        if self.benchmark.outlier is None:
+            raise ConfigError(f"method '{method}' trains with outlier data, but benchmark '{cfg.dataset.name}' "
+                              "has no outlier set (splits.outlier) or its file is missing")
+        return make_loader(self.benchmark.outlier, self.benchmark.mean, self.benchmark.std,
+                           cfg.trainer.get("outlier_batch_size", cfg.trainer.batch_size), train=True,
+                           augment=cfg.dataset.get("train_augment", []), num_workers=cfg.num_workers,
+                           seed=cfg.seed + 1)
+
+    def network_for(self, cfg, method: str):
+        """(net, info) for a method config: loaded checkpoint, cached run or fresh training."""
+        trainer_cls = TRAINERS.get(cfg.trainer.name)
+        key = {"benchmark": cfg.dataset.name, "network": cfg.network, "trainer": cfg.trainer, "seed": cfg.seed}
+        folder = run_folder(cfg.output_dir, f"{cfg.dataset.name}-{cfg.trainer.name}", key)
+        if str(folder) in self._networks:
+            return self._networks[str(folder)]
+        net = build_network(cfg.network, self.benchmark.num_classes).to(cfg.device)
+        checkpoint = cfg.network.get("checkpoint")
+        if checkpoint and cfg.trainer.name == "base":
+            load_state_dict_strict(net, load_checkpoint(checkpoint), f"checkpoint {checkpoint}")
+            info = {"network": f"{cfg.network.name} from {checkpoint}", "trainer": None}
+        else:
+            seed_everything(cfg.seed)
+            loaders = [self.train_loader(cfg)]
+            if trainer_cls.uses_outlier_data:
+                loaders.append(self.outlier_loader(cfg, method))
+            trainer = trainer_cls(net, *loaders, cfg)
+            result = fit(trainer, folder, progress=cfg.progress, key=key)
+            info = {"network": f"{cfg.network.name} (width {cfg.network.get('width', 1)}) trained by "
+                               f"'{cfg.trainer.name}' for {cfg.trainer.num_epochs} epochs", "trainer": cfg.trainer.name,
+                    "checkpoint": str(folder / "final.ckpt"), "cached": result["cached"]}
+        info["outlier_data"] = bool(trainer_cls.uses_outlier_data and not (checkpoint and cfg.trainer.name == "base"))
+        net.eval()
+        self._networks[str(folder)] = (net, info)
+        return net, info
+
+    # -- methods ---------------------------------------------------------------------------------
+    def run_method(self, method: str) -> Path:
+        cfg = method_config(self.config, method)
+        net, info = self.network_for(cfg, method)
+        postprocessor = POSTPROCESSORS.get(cfg.postprocessor.name)(cfg)
+        outlier = info["outlier_data"] or bool(getattr(postprocessor, "uses_outlier_data", False))
+        meta = {**info, "outlier_data": outlier, "postprocessor": cfg.postprocessor.name,
+                "profile": cfg.profile, "seed": cfg.seed, "device": cfg.device}
+        if outlier and self.benchmark.outlier is None:
+            raise ConfigError(f"method '{method}' needs outlier data, which benchmark '{cfg.dataset.name}' lacks")
+        postprocessor.benchmark = self.benchmark
+        postprocessor.outlier_set = self.benchmark.outlier
+        return self.evaluator.evaluate(method, postprocessor, net, meta)
+
+    def leaderboard(self) -> str:
+        return write_leaderboard(self.results_dir, self.config.dataset.name, self.config.fpr_convention)
+

@@ -1,0 +1,101 @@
+"""Trainer contract (OpenOOD's BaseTrainer) and the classifier trainer registered as ``base``.
+
+Contract: ``__init__(net, train_loader, config)`` (trainers with outlier data take
+``(net, train_loader, train_unlabeled_loader, config)``), ``train_epoch(epoch_idx) ->
+(net, metrics)`` with metrics holding at least ``epoch_idx`` and ``loss``. Our addition:
+``state_dict()`` / ``load_state_dict()`` covering everything needed to resume (weights,
+optimiser, schedule), used by :func:`moodcat_plugin.training.fit` for atomic checkpoints.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from moodcat_plugin.registry import register_trainer
+
+
+class BaseTrainer:
+    """Shared plumbing: device, number of epochs, per-step cosine learning-rate schedule."""
+
+    uses_outlier_data = False
+
+    def __init__(self, net: nn.Module, train_loader, config):
+        self.net = net
+        self.train_loader = train_loader
+        self.config = config
+        self.device = torch.device(config.device)
+        self.num_epochs = int(config.trainer.num_epochs)
+
+    def modules_to_save(self) -> dict:
+        """Named modules whose weights form the trained result (default: the network)."""
+        return {"net": self.net}
+
+    def optimizers(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        state = {name: module.state_dict() for name, module in self.modules_to_save().items()}
+        state.update({name: opt.state_dict() for name, opt in self.optimizers().items()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, obj in {**self.modules_to_save(), **self.optimizers()}.items():
+            obj.load_state_dict(state[name])
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train_loader))
+
+    def train_epoch(self, epoch_idx: int):
+        raise NotImplementedError
+
+
+def sgd_with_cosine(params, trainer_cfg, total_steps: int):
+    """OpenOOD's classifier optimiser: SGD (nesterov) + cosine decay stepped every iteration."""
+    optimizer = torch.optim.SGD(
+        params, lr=trainer_cfg.lr, momentum=trainer_cfg.momentum,
+        nesterov=trainer_cfg.nesterov, weight_decay=trainer_cfg.weight_decay,
+    )
+    min_ratio = 1e-6 / trainer_cfg.lr
+
+    def cosine(step: int) -> float:
+        progress = min(step, total_steps) / max(1, total_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+def batch_to(batch: dict, device: torch.device):
+    return batch["data"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+
+
+@register_trainer("base")
+class ClassifierTrainer(BaseTrainer):
+    """Plain cross-entropy classifier training (OpenOOD's default recipe)."""
+
+    def __init__(self, net, train_loader, config):
+        super().__init__(net, train_loader, config)
+        total = self.num_epochs * self.steps_per_epoch()
+        self.optimizer, self.scheduler = sgd_with_cosine(net.parameters(), config.trainer, total)
+
+    def optimizers(self) -> dict:
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def train_epoch(self, epoch_idx: int):
+        self.net.train()
+        total_loss, total_seen = 0.0, 0
+        for batch in self.train_loader:
+            data, labels = batch_to(batch, self.device)
+            loss = self.loss(self.net(data), labels, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total_loss += loss.item() * len(labels)
+            total_seen += len(labels)
+        return self.net, {"epoch_idx": epoch_idx, "loss": total_loss / max(1, total_seen)}

@@ -1,0 +1,75 @@
+"""Running trainers: atomic per-epoch checkpoints, resume, and a cache keyed by config hash.
+
+Layout of one run folder (``<output_dir>/checkpoints/<trainer>-<hash>/``)::
+
+    last.ckpt      everything to resume (epoch, trainer state, RNG), rewritten atomically each epoch
+    final.ckpt     trained weights of every saved module, written once training ends
+    history.json   per-epoch metrics
+    config.json    the config sections the hash was computed from
+
+A later run with the same config finds ``final.ckpt`` and trains nothing.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from tqdm import tqdm
+
+from moodcat_plugin.config import config_hash
+from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint
+
+log = logging.getLogger(__name__)
+FINAL = "final.ckpt"
+LAST = "last.ckpt"
+
+
+def run_folder(output_dir: Path | str, trainer_name: str, *key_sections: Any) -> Path:
+    """Folder for a training run identified by the hash of ``key_sections``."""
+    return Path(output_dir) / "checkpoints" / f"{trainer_name}-{config_hash(*key_sections)}"
+
+
+def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None) -> Dict:
+    """Train ``trainer`` for ``trainer.num_epochs`` epochs in ``run_dir``, resuming if possible.
+
+    Returns ``{'history': [...], 'resumed_from': epoch or 0, 'cached': bool}``. When
+    ``final.ckpt`` exists the weights are loaded and nothing is trained.
+    ``stop_after_epochs`` ends the call early (as an interruption would), for tests.
+    """
+    run_dir = Path(run_dir)
+    modules = trainer.modules_to_save()
+    if (run_dir / FINAL).is_file():
+        final = load_checkpoint(run_dir / FINAL)
+        for name, module in modules.items():
+            module.load_state_dict(final["modules"][name])
+        log.info("reusing trained weights from %s", run_dir / FINAL)
+        return {"history": final.get("history", []), "resumed_from": final.get("epochs", 0), "cached": True}
+
+    start_epoch, history = 0, []
+    if (run_dir / LAST).is_file():
+        last = load_checkpoint(run_dir / LAST)
+        trainer.load_state_dict(last["trainer"])
+        torch.set_rng_state(last["rng"])
+        start_epoch, history = last["epoch"], last["history"]
+        log.info("resuming %s from epoch %d", run_dir.name, start_epoch)
+    if key is not None:
+        atomic_write_json(key, run_dir / "config.json")
+
+    epochs = tqdm(range(start_epoch, trainer.num_epochs), desc=f"training {run_dir.name}",
+                  disable=not progress, initial=start_epoch, total=trainer.num_epochs)
+    for epoch in epochs:
+        _, metrics = trainer.train_epoch(epoch + 1)
+        history.append({k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()})
+        epochs.set_postfix(loss=f"{metrics['loss']:.4f}")
+        atomic_torch_save({"epoch": epoch + 1, "trainer": trainer.state_dict(), "rng": torch.get_rng_state(),
+                           "history": history}, run_dir / LAST)
+        atomic_write_json(history, run_dir / "history.json")
+        if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < trainer.num_epochs:
+            return {"history": history, "resumed_from": start_epoch, "cached": False, "interrupted": True}
+
+    atomic_torch_save({"modules": {name: m.state_dict() for name, m in modules.items()},
+                       "history": history, "epochs": trainer.num_epochs}, run_dir / FINAL)
+    (run_dir / LAST).unlink(missing_ok=True)
+    return {"history": history, "resumed_from": start_epoch, "cached": False}

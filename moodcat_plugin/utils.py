@@ -1,0 +1,98 @@
+"""Small shared helpers: devices, seeding, atomic file writes, checkpoint loading."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from moodcat_plugin.errors import CheckpointError, ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` -> cuda when available else cpu; ``'cpu'``/``'cuda'``/``'cuda:N'`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for but CUDA is not available; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(text: str, path: Path | str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+
+    _atomic_write(Path(path), write)
+
+
+def atomic_write_json(obj: Any, path: Path | str) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, default=str), path)
+
+
+def atomic_savez(path: Path | str, **arrays: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    _atomic_write(Path(path), write)
+
+
+def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
+    """Load a torch checkpoint; a truncated or foreign file raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+            "delete it to retrain, or point to a valid file"
+        ) from exc
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Strictly load ``state_dict``, turning key/shape mismatches into a readable error."""
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        first_lines = " ".join(str(exc).split("\n")[:3])
+        raise CheckpointError(
+            f"{source} does not match the network ({first_lines[:400]}); check the network name, "
+            "its width and the number of classes"
+        ) from exc
