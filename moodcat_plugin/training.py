@@ -48,6 +48,8 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
         return {"history": final.get("history", []), "resumed_from": final.get("epochs", 0), "cached": True}
 
     start_epoch, history = 0, []
+    trainer.run_dir = run_dir  # trainers may write logs and sample grids here
+    run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / LAST).is_file():
         last = load_checkpoint(run_dir / LAST)
         trainer.load_state_dict(last["trainer"])

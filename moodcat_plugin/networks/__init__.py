@@ -6,3 +6,6 @@ from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
 from moodcat_plugin.networks.unet_discriminator import UNetDiscriminator
 
 __all__ = ["BigGANDecoder", "ConditionalBinaryClassifier", "MoodcatEncoder", "ResNet18_32x32", "UNetDiscriminator"]
+from moodcat_plugin.networks.mcd_net import ResNet18_32x32_MCD  # noqa: E402,F401
+from moodcat_plugin.networks.udg_net import ResNet18_32x32_UDG  # noqa: E402,F401
+from moodcat_plugin.networks import moodcat_gan  # noqa: F401

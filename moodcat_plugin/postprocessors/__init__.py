@@ -4,3 +4,5 @@ from moodcat_plugin.postprocessors.ebo_postprocessor import EBOPostprocessor
 from moodcat_plugin.postprocessors.odin_postprocessor import ODINPostprocessor
 
 __all__ = ["BasePostprocessor", "EBOPostprocessor", "ODINPostprocessor"]
+from moodcat_plugin.postprocessors.mcd_postprocessor import MCDPostprocessor  # noqa: E402,F401
+from moodcat_plugin.postprocessors import moodcat_postprocessor  # noqa: F401

@@ -1,0 +1,49 @@
+"""Image value-range conversions and sample grids for MOODCAT.
+
+The MOODCAT networks (encoder, decoder, discriminators, Cb) work on images in [-1,1] ("signed
+unit" range, mid-grey = 0, the fill value of the masks). Loaders yield images normalised with the
+benchmark mean/std; these helpers convert between the two.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from moodcat_plugin.data.loaders import denormalize
+
+
+def to_signed_unit(data: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised loader images ``[B,3,H,W]`` -> the same images in [-1,1] (clamped)."""
+    return denormalize(data, mean, std) * 2.0 - 1.0
+
+
+def from_signed_unit(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Inverse of :func:`to_signed_unit`: images ``[B,3,H,W]`` in [-1,1] -> normalised with mean/std."""
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (signed_to_unit(images) - mean_t) / std_t
+
+
+def signed_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1,1] -> [0,1] (clamped), e.g. for IQA metrics or saving."""
+    return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def save_triplet_grid(path: Path | str, rows: Sequence[torch.Tensor], nrow: int = 8) -> Path:
+    """Save an image grid with one row per tensor in ``rows`` (e.g. input / masked / synthesis).
+
+    rows: tensors ``[B,3,H,W]`` in [-1,1]; the first ``nrow`` images of each (fewer if B is
+    smaller) fill one grid row. Parent folders are created. Returns the path written (PNG).
+    """
+    from torchvision.utils import save_image
+
+    if not rows:
+        raise ValueError("save_triplet_grid needs at least one row of images")
+    columns = min(nrow, min(len(row) for row in rows))
+    grid = torch.cat([signed_to_unit(row[:columns].detach().float().cpu()) for row in rows])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path, nrow=columns, padding=2, pad_value=1.0)
+    return path

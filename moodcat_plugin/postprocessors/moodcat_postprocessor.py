@@ -1,0 +1,316 @@
+"""MOODCAT (Yang et al., ECCV 2022) as a post-hoc detector: mask, synthesise, compare (paper 3.2-3.6).
+
+For a test image ``x`` the classifier predicts ``y = argmax C(x)``; a random rectangle of ``x`` is
+masked (``test_area``, 15-33 %) and the trained generator synthesises the image back
+CONDITIONED ON ``y``. An in-distribution image of class ``y`` is restored consistently; an OOD
+image is "corrected" towards class ``y`` and the synthesis disagrees with the input. Scorers
+measure the disagreement (distances, high = OOD): the conditional binary classifier Cb (its
+logit) and the IQA metrics LPIPS and DISTS. The paper's cascade ("any scorer that flags the
+input rejects it") becomes one continuous conf fixed on ID validation data only
+(:class:`~moodcat_plugin.moodcat.fusion.CascadeFusion`): per-scorer empirical-CDF calibration,
+fused by the minimum.
+
+Setup (each part cached in its own run folder, keyed by the config that determines it):
+
+1. GAN (encoder + BigGAN decoder + U-Net discriminator), trainer ``gan.name`` on ID train images.
+2. Cb, trainer ``cb.name``, on pairs synthesised by the frozen GAN. With ``cb_variants: [cb,
+   cb_ext]`` also Cb(ext) (paper 3.6), whose extra negatives are the benchmark's outlier images
+   pseudo-labelled by the CLASSIFIER; the method then uses outlier data (leaderboard says so).
+3. Calibration of every scorer on ID val (labels predicted by the classifier, as at test time).
+4. Sample grids (input / masked / synthesis) of ID test and every OOD set under
+   ``<output_dir>/<dataset>/moodcat_grids/<set>.png``.
+
+Arguments (``postprocessor_args``): ``scorers`` (subset of cb, lpips, dists; ``cb`` stands for
+every entry of ``cb_variants``), ``cb_variants`` ([cb] or [cb, cb_ext]), ``mask_style``,
+``test_area`` ([lo, hi] area fraction), ``num_masks`` (K > 1 averages each distance over K
+masks), ``label_source`` (only ``predicted``; see below), ``use_ema`` (decoder EMA weights).
+
+Per-scorer confs (``-distance``) are recorded in ``last_components`` (leaderboard rows
+``moodcat:cb``, ``moodcat:lpips``, ... = the paper's Table 4 single-scorer results).
+
+Differences from the authors' public evaluation (see the reference facts): we condition on the
+classifier's prediction for every input (the public code conditions ID images on their TRUE
+label and OOD images on random labels, which needs test labels and is not deployable; ``label_source:
+true`` is therefore refused: ``postprocess`` never receives labels) and the fused score is fixed
+without test labels instead of a per-threshold envelope chosen on the test set.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from moodcat_plugin.config import Config
+from moodcat_plugin.data import ImageArray, make_loader
+from moodcat_plugin.errors import ConfigError
+from moodcat_plugin.moodcat.fusion import CascadeFusion
+from moodcat_plugin.moodcat.images import save_triplet_grid, to_signed_unit
+from moodcat_plugin.moodcat.masking import VALID_STYLES
+from moodcat_plugin.moodcat.scorers import (CB_SCORERS, IQA_SCORERS, CbScorer, build_iqa_scorer,
+                                            check_cached_weights)
+from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
+from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
+from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
+from moodcat_plugin.training import FINAL, fit, run_folder
+
+log = logging.getLogger(__name__)
+GRID_IMAGES = 16
+GRID_SEED = 777
+SCORING_SEED_OFFSET = 101
+LABEL_SOURCES = ("predicted",)
+
+
+@register_postprocessor("moodcat")
+class MoodcatPostprocessor(BasePostprocessor):
+    """MOODCAT: conf = cascade of calibrated scorers on (x, G(M(x), C(x))); higher = more ID."""
+
+    uses_logits_only = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.scorers = list(self.args.get("scorers", ["cb"]))
+        self.cb_variants = list(self.args.get("cb_variants", ["cb"]))
+        self.mask_style = self.args.get("mask_style", "random_rectangle")
+        self.test_area = tuple(float(a) for a in self.args.get("test_area", (0.15, 0.33)))
+        self.num_masks = int(self.args.get("num_masks", 1))
+        self.label_source = self.args.get("label_source", "predicted")
+        self.use_ema = bool(self.args.get("use_ema", False))
+        self._validate_args()
+        self.iqa_cfg = dict(config.get("iqa") or {})
+        self.iqa_pretrained = bool(self.iqa_cfg.get("pretrained", True))
+        if self.iqa_pretrained:  # fail before any training when weights are missing
+            check_cached_weights(self.iqa_scorers, self.iqa_cfg.get("lpips_trunk", "vgg"))
+        if "cb_ext" in self.cb_variants:
+            self.uses_outlier_data = True  # read by the runner / leaderboard (paper 3.6)
+        norm = config.dataset.normalization
+        self.mean, self.std = list(norm.mean), list(norm.std)
+        self.benchmark = None       # set by the runner before setup (train images, outliers)
+        self.gan = None
+        self.scorer_modules: Dict[str, torch.nn.Module] = {}
+        self.fusion = CascadeFusion()
+        self.training_info: Dict[str, dict] = {}
+        self.run_meta: dict = {}
+        self.generator = torch.Generator().manual_seed(int(config.get("seed", 0)) + SCORING_SEED_OFFSET)
+
+    # -- configuration -------------------------------------------------------------------------
+    def _validate_args(self) -> None:
+        unknown = set(self.scorers) - {"cb", *IQA_SCORERS}
+        if unknown or not self.scorers:
+            raise ConfigError(f"postprocessor_args.scorers {self.scorers}: use a non-empty subset of cb, "
+                              f"{', '.join(IQA_SCORERS)}")
+        if not self.cb_variants or set(self.cb_variants) - set(CB_SCORERS) or self.cb_variants[0] != "cb":
+            raise ConfigError(f"postprocessor_args.cb_variants {self.cb_variants}: use [cb] or [cb, cb_ext]")
+        if self.mask_style not in VALID_STYLES:
+            raise ConfigError(f"postprocessor_args.mask_style '{self.mask_style}' is not one of "
+                              f"{', '.join(VALID_STYLES)}")
+        if len(self.test_area) != 2 or not 0 < self.test_area[0] <= self.test_area[1] < 1:
+            raise ConfigError(f"postprocessor_args.test_area {list(self.test_area)}: need [lo, hi] with 0 < lo <= hi < 1")
+        if self.num_masks < 1:
+            raise ConfigError(f"postprocessor_args.num_masks must be >= 1, got {self.num_masks}")
+        if self.label_source not in LABEL_SOURCES:
+            raise ConfigError(
+                f"postprocessor_args.label_source '{self.label_source}' is not supported: the public MOODCAT "
+                "code conditions ID test images on their TRUE label (and OOD images on random labels), which "
+                "needs test labels that a deployed detector (and postprocess(), which gets no labels) does not "
+                "have. Use label_source: predicted (the paper's y = C(x)).")
+
+    @property
+    def iqa_scorers(self):
+        return [s for s in self.scorers if s in IQA_SCORERS]
+
+    @property
+    def scorer_names(self):
+        """Names of every distance the fusion combines, e.g. ['cb', 'cb_ext', 'lpips']."""
+        names = []
+        for scorer in self.scorers:
+            names += self.cb_variants if scorer == "cb" else [scorer]
+        return names
+
+    def _section_config(self, section: str) -> Config:
+        """The run config with ``trainer`` replaced by our ``gan``/``cb`` section (trainer contract)."""
+        view = Config({k: v for k, v in self.config.items()})
+        view.trainer = self.config[section]
+        return view
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
+        net.eval()
+        if self.gan is None:
+            self.gan, gan_key = self._train_gan(id_loader_dict)
+            cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key) for variant in self.cb_variants}
+            self.scorer_modules = self._build_scorers(cbs)
+        self._calibrate(net, id_loader_dict["val"])
+        self._save_grids(net, id_loader_dict, ood_loader_dict)
+        self.generator.manual_seed(int(self.config.get("seed", 0)) + SCORING_SEED_OFFSET)
+        self.run_meta = {
+            "scorers": self.scorer_names,
+            "iqa_trunks": ("none" if not self.iqa_scorers else
+                           "pretrained (ImageNet, from the torch hub cache)" if self.iqa_pretrained else
+                           "RANDOM (tests only: IQA scores meaningless)"),
+            "label_source": self.label_source, "num_masks": self.num_masks, "mask_style": self.mask_style,
+            "calibration": f"ID val, {len(next(iter(self.fusion.reference.values())))} images",
+            "training": self.training_info,
+        }
+        log.info("MOODCAT ready: %s", self.run_meta)
+
+    def _num_classes(self) -> int:
+        return int(self.config.dataset.num_classes)
+
+    def _train_loader(self, id_loader_dict, batch_size: int, seed: int):
+        """ID train images with the benchmark's train augmentation (bare OpenOOD use: its loader)."""
+        if self.benchmark is None:
+            return id_loader_dict["train"]
+        return make_loader(self.benchmark.id["train"], self.benchmark.mean, self.benchmark.std, int(batch_size),
+                           train=True, augment=self.config.dataset.get("train_augment", []),
+                           num_workers=self.config.get("num_workers", 0), seed=seed)
+
+    def _fit(self, trainer, name: str, key: dict) -> dict:
+        folder = run_folder(self.config.output_dir, f"{self.config.dataset.name}-{name}", key)
+        result = fit(trainer, folder, progress=bool(self.config.get("progress", True)), key=key)
+        info = {"folder": str(folder), "cached": result["cached"]}
+        last = (result.get("history") or [{}])[-1]
+        info.update({k: v for k, v in last.items() if k in ("loss", "train_acc", "val_acc")})
+        self.training_info[name] = info
+        return info
+
+    def _gan_key(self) -> dict:
+        cfg = self.config
+        return {"benchmark": cfg.dataset.name, "gan_network": cfg.gan_network, "gan": cfg.gan,
+                "seed": cfg.get("seed", 0), "train_augment": cfg.dataset.get("train_augment", []),
+                "train_source": "benchmark" if self.benchmark is not None else "id_loader_dict"}
+
+    def _train_gan(self, id_loader_dict):
+        cfg = self.config
+        kwargs = {k: v for k, v in cfg.gan_network.items() if k not in ("name", "checkpoint")}
+        gan = NETWORKS.get(cfg.gan_network.get("name", "moodcat_gan"))(num_classes=self._num_classes(), **kwargs)
+        gan = gan.to(self.device)
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        loader = self._train_loader(id_loader_dict, cfg.gan.batch_size, int(cfg.get("seed", 0)))
+        trainer = TRAINERS.get(cfg.gan.name)(gan, loader, self._section_config("gan"))
+        key = self._gan_key()
+        self._fit(trainer, "moodcat_gan", key)
+        return gan.eval().requires_grad_(False), key
+
+    def _train_cb(self, variant: str, net, id_loader_dict, gan_key: dict) -> torch.nn.Module:
+        cfg = self.config
+        cb = ConditionalBinaryClassifier(self._num_classes(), ch=int(cfg.cb_network.ch)).to(self.device)
+        torch.manual_seed(int(cfg.get("seed", 0)) + 1)
+        loader = self._train_loader(id_loader_dict, cfg.cb.batch_size, int(cfg.get("seed", 0)) + 1)
+        key = {"gan": gan_key, "cb_network": cfg.cb_network, "cb": cfg.cb, "variant": variant}
+        unlabeled = None
+        if variant == "cb_ext":
+            # extra negatives: outliers pseudo-labelled by the classifier, so key on the classifier too
+            key.update({"outlier_set": getattr(getattr(self.benchmark, "outlier", None), "name", None),
+                        "classifier_network": cfg.get("network"), "classifier_trainer": cfg.get("trainer")})
+            folder = run_folder(cfg.output_dir, f"{cfg.dataset.name}-moodcat_{variant}", key)
+            if not (folder / FINAL).is_file():  # cached runs need no pseudo-labels
+                outliers = self._pseudo_labelled_outliers(net)
+                unlabeled = make_loader(outliers, self.mean, self.std,
+                                        int(cfg.cb.get("outlier_batch_size", cfg.cb.batch_size)), train=True,
+                                        augment=cfg.dataset.get("train_augment", []),
+                                        num_workers=cfg.get("num_workers", 0), seed=int(cfg.get("seed", 0)) + 2)
+        trainer = TRAINERS.get(cfg.cb.name)(cb, loader, self._section_config("cb"), generator=self.gan,
+                                            unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"))
+        self._fit(trainer, f"moodcat_{variant}", key)
+        return cb.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def _pseudo_labelled_outliers(self, net) -> ImageArray:
+        """The benchmark's outlier images labelled with the CLASSIFIER's argmax (paper 3.6)."""
+        outlier = getattr(self.benchmark, "outlier", None)
+        if outlier is None:
+            raise ConfigError("cb_variants includes cb_ext (Cb trained with extra outlier data), but no outlier set "
+                              "is available: use a benchmark with splits.outlier, or cb_variants: [cb]")
+        loader = make_loader(outlier, self.mean, self.std, int(self.config.get("eval_batch_size", 256)))
+        preds = [net(batch["data"].to(self.device)).argmax(dim=1).cpu()
+                 for batch in tqdm(loader, desc="pseudo-labelling outliers", leave=False,
+                                   disable=not self.config.get("progress", True))]
+        return ImageArray(f"{outlier.name}_pseudo", outlier.images, torch.cat(preds).numpy())
+
+    def _build_scorers(self, cbs: Dict[str, torch.nn.Module]) -> Dict[str, torch.nn.Module]:
+        modules = {}
+        for name in self.scorer_names:
+            module = CbScorer(cbs[name], name) if name in CB_SCORERS else build_iqa_scorer(name, self.iqa_cfg)
+            modules[name] = module.to(self.device).eval()
+        return modules
+
+    @torch.no_grad()
+    def _calibrate(self, net, val_loader) -> None:
+        """Fit the fusion on ID-val distances (labels predicted by the classifier, as at test time)."""
+        self.generator.manual_seed(int(self.config.get("seed", 0)))
+        parts: Dict[str, list] = {name: [] for name in self.scorer_names}
+        for batch in tqdm(val_loader, desc="MOODCAT calibration (ID val)", leave=False,
+                          disable=not self.config.get("progress", True)):
+            _, distances = self.distances(net, batch["data"].to(self.device))
+            for name, value in distances.items():
+                parts[name].append(value.cpu())
+        self.fusion.fit({name: torch.cat(values) for name, values in parts.items()})
+
+    # -- scoring -------------------------------------------------------------------------------
+    def synthesize(self, x: torch.Tensor, y: torch.Tensor,
+                   generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(masked, synthesis) of x ``[B,3,32,32]`` in [-1,1] conditioned on y ``[B]``."""
+        return self.gan.synthesize(x, y, mask_style=self.mask_style, area=self.test_area,
+                                   generator=generator if generator is not None else self.generator,
+                                   use_ema=self.use_ema)
+
+    @torch.no_grad()
+    def distances(self, net, data: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """data (B,3,32,32) normalised -> (pred (B,), {scorer: (B,) distance, high = OOD}),
+        each distance averaged over ``num_masks`` masks."""
+        if self.gan is None:
+            raise RuntimeError("MOODCAT postprocessor used before setup()")
+        pred = net(data).argmax(dim=1)  # y = C(x): never the ground truth
+        x = to_signed_unit(data, self.mean, self.std)
+        totals = {name: torch.zeros(len(x), device=x.device) for name in self.scorer_modules}
+        for _ in range(self.num_masks):
+            _, synthesis = self.synthesize(x, pred)
+            for name, scorer in self.scorer_modules.items():
+                totals[name] += scorer(x, synthesis, pred).float()
+        return pred, {name: total / self.num_masks for name, total in totals.items()}
+
+    @torch.no_grad()
+    def postprocess(self, net, data: torch.Tensor):
+        """data (B,3,32,32) normalised -> (pred (B,) int64 = classifier argmax, conf (B,) fused,
+        higher = more ID). ``last_components[s]`` = -distance of scorer s."""
+        pred, distances = self.distances(net, data)
+        self.last_components = {name: -value for name, value in distances.items()}
+        conf = self.fusion.transform({name: value.cpu() for name, value in distances.items()})
+        return pred, conf.to(data.device)
+
+    # -- pictures ------------------------------------------------------------------------------
+    def grid_folder(self) -> Path:
+        return Path(self.config.output_dir) / self.config.dataset.name / "moodcat_grids"
+
+    @torch.no_grad()
+    def _save_grids(self, net, id_loader_dict, ood_loader_dict) -> None:
+        """input / masked / synthesis rows for the first images of ID test and every OOD set."""
+        loaders = {}
+        if "test" in id_loader_dict:
+            loaders["id_test"] = id_loader_dict["test"]
+        for group in ("near", "far"):
+            for name, loader in (ood_loader_dict.get(group) or {}).items():
+                loaders[name] = loader
+        generator = torch.Generator().manual_seed(GRID_SEED)
+        for name, loader in loaders.items():
+            data = _first_images(loader, GRID_IMAGES).to(self.device)
+            if data is None:
+                continue
+            x = to_signed_unit(data, self.mean, self.std)
+            masked, synthesis = self.synthesize(x, net(data).argmax(dim=1), generator=generator)
+            save_triplet_grid(self.grid_folder() / f"{name}.png", [x, masked, synthesis], nrow=GRID_IMAGES)
+
+
+def _first_images(loader, count: int) -> Optional[torch.Tensor]:
+    """The first ``count`` images (B,3,H,W normalised) of a loader, or None if it is empty."""
+    taken, seen = [], 0
+    for batch in loader:
+        taken.append(batch["data"][: count - seen])
+        seen += len(taken[-1])
+        if seen >= count:
+            break
+    return torch.cat(taken) if taken else None

@@ -1,0 +1,195 @@
+"""Trainer ``moodcat_cb``: the conditional binary classifier Cb (paper Eq. 2, Section 3.6).
+
+The trained MOODCAT generator G is frozen (eval mode, no gradients). For an in-distribution
+image ``x`` with true label ``y`` and its mask ``M(x)`` (one mask per image, shared by the pair):
+
+* positive (matching) pair: ``(x, G(M(x), y), y)``   -> Cb logit should be LOW;
+* negative (mismatched) pair: ``(x, G(M(x), y'), y')`` with ``y'`` uniform over classes != y
+  -> Cb logit should be HIGH (the public code's convention: high = mismatch = OOD).
+
+Loss (hinge, Eq. 2 with that sign convention): ``mean relu(1 + s_pos) + mean relu(1 - s_neg)``.
+
+Cb(ext): when an ``unlabeled_loader`` is given, its batches carry PSEUDO-labels (the classifier's
+argmax, computed beforehand by the postprocessor) in ``'label'``. Each unlabeled image adds one
+more negative ``(x_u, G(M(x_u), y'), y')`` with ``y'`` uniform over classes != pseudo-label (over
+all classes where the pseudo-label is negative, i.e. unknown); the pseudo-label itself is never
+used as the condition. All negatives are averaged together in the second hinge term.
+
+Optimiser: Adam, ``lr`` (2e-4) and ``betas`` default (0, 0.999), the setting of the BigGAN
+discriminators Cb is built like (the Cb training code is not public). One "epoch" is
+``steps_per_epoch`` steps (loaders are cycled). Per epoch: ``loss``, ``train_acc`` (binary
+accuracy on the labelled pairs, logit > 0 = mismatch) and ``val_acc`` on ``val_loader`` (one
+positive and one negative per image, fixed masks and wrong labels so epochs are comparable).
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from moodcat_plugin.moodcat.images import to_signed_unit
+from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
+from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
+from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
+from moodcat_plugin.registry import register_trainer
+from moodcat_plugin.trainers.base_trainer import BaseTrainer, batch_to
+
+VAL_SEED = 4321
+DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.0, 0.999), "mask_style": "random_rectangle",
+            "train_area": TEST_AREA, "use_ema": False}
+
+
+def mismatched_labels(labels: torch.Tensor, num_classes: int,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Labels ``y'`` ``[B]`` uniform over the classes != ``labels``; uniform over all classes
+    where a label is negative (unknown). Requires ``num_classes >= 2``."""
+    if num_classes < 2:
+        raise ValueError("mismatched labels need at least two classes")
+    device = labels.device
+    draw_device = generator.device if generator is not None else device
+    shift = torch.randint(1, num_classes, labels.shape, generator=generator, device=draw_device).to(device)
+    any_class = torch.randint(0, num_classes, labels.shape, generator=generator, device=draw_device).to(device)
+    return torch.where(labels >= 0, (labels + shift) % num_classes, any_class)
+
+
+def hinge_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
+    """``mean relu(1 + s_pos) + mean relu(1 - s_neg)`` (logit high = mismatch)."""
+    return F.relu(1.0 + pos_logits).mean() + F.relu(1.0 - neg_logits).mean()
+
+
+def binary_accuracy(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> Tuple[int, int]:
+    """(correct, total): positives correct when logit < 0, negatives when logit > 0."""
+    correct = int((pos_logits < 0).sum()) + int((neg_logits > 0).sum())
+    return correct, pos_logits.numel() + neg_logits.numel()
+
+
+class _Cycle:
+    """Endless iterator over a loader (restarts it when exhausted)."""
+
+    def __init__(self, loader):
+        self.loader, self.iterator = loader, None
+
+    def __next__(self):
+        if self.iterator is None:
+            self.iterator = iter(self.loader)
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            return next(self.iterator)
+
+
+@register_trainer("moodcat_cb")
+class MoodcatCbTrainer(BaseTrainer):
+    """Trains ``ConditionalBinaryClassifier`` on matched vs mismatched synthesis pairs."""
+
+    def __init__(self, net: ConditionalBinaryClassifier, train_loader, config, generator: MoodcatGAN,
+                 unlabeled_loader=None, val_loader=None):
+        super().__init__(net, train_loader, config)
+        self.args = {**DEFAULTS, **config.trainer}
+        self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
+        self.num_classes = net.num_classes
+        self.generator = generator.eval().requires_grad_(False)
+        self.unlabeled_loader = unlabeled_loader
+        self.val_loader = val_loader
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=float(self.args["lr"]),
+                                          betas=tuple(float(b) for b in self.args["betas"]))
+        self.step = 0
+        self._train_batches: Iterator = _Cycle(train_loader)
+        self._unlabeled_batches: Optional[Iterator] = _Cycle(unlabeled_loader) if unlabeled_loader else None
+
+    # -- checkpoint contract -------------------------------------------------------------------
+    def optimizers(self) -> dict:
+        return {"optimizer": self.optimizer}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.step = int(state["step"])
+
+    def steps_per_epoch(self) -> int:
+        steps = self.args["steps_per_epoch"]
+        return int(steps) if steps else max(1, len(self.train_loader))
+
+    # -- pairs ---------------------------------------------------------------------------------
+    def images_and_labels(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        data, labels = batch_to(batch, self.device)
+        return to_signed_unit(data, self.mean, self.std), labels
+
+    def synthesize(self, x: torch.Tensor, labels: torch.Tensor,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Frozen-G synthesis ``[B,3,32,32]`` of ``x`` masked (config style/area) given labels."""
+        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator)
+        return self.generator.synthesize_from_masked(masked, labels, use_ema=bool(self.args["use_ema"]))
+
+    def labelled_pairs(self, x: torch.Tensor, y: torch.Tensor,
+                       generator: Optional[torch.Generator] = None):
+        """(x2, synth, cond, is_negative) for one positive and one negative per image; both
+        members of a pair share the same mask. Shapes ``[2B,...]``; first half positives."""
+        wrong = mismatched_labels(y, self.num_classes, generator)
+        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator)
+        cond = torch.cat([y, wrong])
+        synth = self.generator.synthesize_from_masked(torch.cat([masked, masked]), cond,
+                                                      use_ema=bool(self.args["use_ema"]))
+        is_negative = torch.cat([torch.zeros_like(y, dtype=torch.bool), torch.ones_like(y, dtype=torch.bool)])
+        return torch.cat([x, x]), synth, cond, is_negative
+
+    def unlabeled_negative_pairs(self, batch: dict):
+        """(x_u, synth, y') for pseudo-labelled images: ``y'`` != pseudo-label, always a negative."""
+        x_u, pseudo = self.images_and_labels(batch)
+        wrong = mismatched_labels(pseudo, self.num_classes)
+        return x_u, self.synthesize(x_u, wrong), wrong
+
+    # -- training ------------------------------------------------------------------------------
+    def train_step(self) -> Dict[str, float]:
+        """One Adam step on a labelled batch (+ an unlabeled batch for Cb(ext))."""
+        self.net.train()
+        x, y = self.images_and_labels(next(self._train_batches))
+        images, synth, cond, is_negative = self.labelled_pairs(x, y)
+        if self._unlabeled_batches is not None:
+            x_u, synth_u, wrong_u = self.unlabeled_negative_pairs(next(self._unlabeled_batches))
+            images, synth, cond = torch.cat([images, x_u]), torch.cat([synth, synth_u]), torch.cat([cond, wrong_u])
+            is_negative = torch.cat([is_negative, torch.ones_like(wrong_u, dtype=torch.bool)])
+        logits = self.net(images, synth, cond)
+        loss = hinge_loss(logits[~is_negative], logits[is_negative])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        labelled = logits[: 2 * len(y)].detach()
+        correct, total = binary_accuracy(labelled[: len(y)], labelled[len(y):])
+        return {"loss": float(loss.detach()), "correct": correct, "total": total}
+
+    def train_epoch(self, epoch_idx: int):
+        steps = self.steps_per_epoch()
+        loss_sum, correct, total = 0.0, 0, 0
+        for _ in range(steps):
+            row = self.train_step()
+            loss_sum += row["loss"]
+            correct += row["correct"]
+            total += row["total"]
+        metrics = {"epoch_idx": epoch_idx, "loss": loss_sum / steps, "train_acc": correct / max(1, total),
+                   "step": self.step}
+        if self.val_loader is not None:
+            metrics["val_acc"] = self.evaluate(self.val_loader)
+        return self.net, metrics
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> float:
+        """Binary accuracy on one positive and one negative pair per image of ``loader``
+        (fixed masks and wrong labels, seed ``VAL_SEED``); Cb in eval mode, mode restored."""
+        was_training = self.net.training
+        self.net.eval()
+        generator = torch.Generator(device=self.device).manual_seed(VAL_SEED)
+        correct, total = 0, 0
+        for batch in loader:
+            x, y = self.images_and_labels(batch)
+            images, synth, cond, is_negative = self.labelled_pairs(x, y, generator)
+            logits = self.net(images, synth, cond)
+            c, t = binary_accuracy(logits[~is_negative], logits[is_negative])
+            correct, total = correct + c, total + t
+        self.net.train(was_training)
+        return correct / max(1, total)

@@ -1,0 +1,322 @@
+"""Trainer ``moodcat_gan``: the MOODCAT generator (paper Algorithm 1), one D and one G step per batch.
+
+Per step, with ``x`` the batch in [-1,1] and ``y`` its true labels:
+
+1. ``x_masked = M(x)``: one random rectangle per sample, area ``TRAIN_AREA`` (10-33 %).
+2. ``z ~ N(mu, exp(logvar))`` from ``E(x_masked)`` (reparameterised), ``x' = D(z, y)``.
+3. Discriminator step (U-Net discriminator, BCE-with-logits on both heads; real ``(x, y)``, fake
+   ``(x'.detach(), y)``; each head's loss is ``0.5 * real + 0.5 * fake``, the two heads summed).
+   With probability ``0.5 * min(1, epoch / cutmix_warmup_epochs)`` (when ``cutmix`` is on) a
+   U-Net-GAN CutMix term is added: real and fake images mixed by a random box; the bottleneck head
+   must call the mix fake, the per-pixel head must reproduce the box mask, and a consistency loss
+   ties D(mix) per-pixel to the same mix of D(real) and D(fake) per-pixel logits.
+4. Generator + encoder step: ``0.5*BCE(bottleneck(x'),1) + 0.5*BCE(pixels(x'),1)
+   + kl_weight*KL + ssim_weight*(-log SSIM(x',x)) + mse_weight*MSE(x',x) + l1_weight*L1(x',x)``;
+   the reconstruction target is the UNMASKED ``x``.
+   KL = mean over batch and latent of ``exp(logvar) + mu^2 - 1 - logvar`` (no 1/2); the public
+   code adds this term twice, which the default ``kl_weight: 2.0`` reproduces.
+   SSIM is ``piq.ssim`` (Gaussian window 11, sigma 1.5, valid convolution). piq expects images in
+   ``[0, data_range]``, so both images are mapped [-1,1] -> [0,1] and ``data_range=1``; this is
+   exactly SSIM on [-1,1] images with data range 2. The batch-mean SSIM is clamped to >= 1e-4
+   before the log (it can be <= 0 early in training).
+5. EMA of the decoder into ``decoder_ema`` when ``ema_decay`` is set (with the usual warm-up
+   ``min(ema_decay, (1+step)/(10+step))`` so short runs get a useful average); without it the EMA
+   decoder is kept an exact copy.
+
+Optimisers: Adam, betas (0, 0.999), ``lr_g`` (5e-5) for encoder+decoder, ``lr_d`` (2e-4) for the
+discriminator, fp32. One "epoch" is ``steps_per_epoch`` steps (the loader is cycled), so
+:func:`moodcat_plugin.training.fit` checkpoints every ``steps_per_epoch`` steps and resumes there.
+
+Outputs under ``run_dir`` (set by ``fit``): ``losses.csv`` (one row per step), ``tb/``
+(TensorBoard, every ``log_every`` steps, when ``torch.utils.tensorboard`` imports) and
+``samples/step_XXXXXX.png`` every ``sample_every`` steps (rows: input, masked, synthesis
+[, EMA synthesis]) on a fixed batch with fixed masks.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+import piq
+import torch
+import torch.nn.functional as F
+
+from moodcat_plugin.moodcat.images import save_triplet_grid, to_signed_unit
+from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, apply_mask, box_mask
+from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
+from moodcat_plugin.registry import register_trainer
+from moodcat_plugin.trainers.base_trainer import BaseTrainer, batch_to
+
+log = logging.getLogger(__name__)
+
+SSIM_KERNEL_SIZE = 11
+SSIM_KERNEL_SIGMA = 1.5
+SSIM_FLOOR = 1e-4
+SAMPLE_IMAGES = 8
+SAMPLE_MASK_SEED = 1234
+LOSS_COLUMNS = ("step", "epoch", "d_loss", "d_real", "d_fake", "d_cutmix", "cutmix_used",
+                "g_loss", "g_adv", "kl", "ssim", "mse", "l1", "recon")
+DEFAULTS = {
+    "steps_per_epoch": None, "lr_g": 5e-5, "lr_d": 2e-4, "betas": (0.0, 0.999), "kl_weight": 2.0,
+    "ssim_weight": 5.0, "mse_weight": 3.0, "l1_weight": 2.0, "cutmix": True,
+    "cutmix_warmup_epochs": 200, "ema_decay": None, "sample_every": 500, "log_every": 50,
+}
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean over batch and latent of ``exp(logvar) + mu^2 - 1 - logvar`` (2x the usual KL)."""
+    return (logvar.exp() + mu.pow(2) - 1.0 - logvar).mean()
+
+
+def ssim_signed(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Batch-mean SSIM of two image batches in [-1,1] (piq, Gaussian 11/1.5, via [0,1])."""
+    to_unit = lambda images: ((images + 1.0) * 0.5).clamp(0.0, 1.0)  # noqa: E731
+    return piq.ssim(to_unit(fake), to_unit(real), kernel_size=SSIM_KERNEL_SIZE,
+                    kernel_sigma=SSIM_KERNEL_SIGMA, data_range=1.0, reduction="mean")
+
+
+def reconstruction_losses(fake: torch.Tensor, real: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``ssim`` (the index), ``neg_log_ssim``, ``mse``, ``l1`` between x' and the unmasked x."""
+    ssim = ssim_signed(fake, real)
+    return {"ssim": ssim, "neg_log_ssim": -torch.log(ssim.clamp(min=SSIM_FLOOR)),
+            "mse": F.mse_loss(fake, real), "l1": F.l1_loss(fake, real)}
+
+
+def bce(logits: torch.Tensor, target) -> torch.Tensor:
+    """Mean BCE-with-logits against a constant (0/1) or a tensor target of the same shape."""
+    if not torch.is_tensor(target):
+        target = torch.full_like(logits, float(target))
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def random_cutmix_masks(batch: int, size: int, device: torch.device) -> torch.Tensor:
+    """Float ``[B,1,size,size]`` masks, 1 = take the REAL image: a random box (area U(0,1))
+    that is the real or the fake region with probability 1/2 each (U-Net GAN CutMix)."""
+    area = torch.rand(batch, device=device)
+    side = (area.sqrt() * size).round().long().clamp(1, size)
+    top = (torch.rand(batch, device=device) * (size - side + 1)).long()
+    left = (torch.rand(batch, device=device) * (size - side + 1)).long()
+    inside = box_mask(size, size, top, left, side, side).float()
+    flip = (torch.rand(batch, device=device) < 0.5).float()[:, None, None]
+    return (flip * inside + (1 - flip) * (1 - inside))[:, None]
+
+
+@register_trainer("moodcat_gan")
+class MoodcatGANTrainer(BaseTrainer):
+    """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
+
+    def __init__(self, net: MoodcatGAN, train_loader, config):
+        super().__init__(net, train_loader, config)
+        self.args = {**DEFAULTS, **config.trainer}
+        self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
+        betas = tuple(float(b) for b in self.args["betas"])
+        self.opt_g = torch.optim.Adam(net.generator_parameters(), lr=float(self.args["lr_g"]), betas=betas)
+        self.opt_d = torch.optim.Adam(net.discriminator.parameters(), lr=float(self.args["lr_d"]), betas=betas)
+        self.step = 0
+        self.run_dir: Optional[Path] = None
+        self._batches: Optional[Iterator] = None
+        self._sample_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._tb = None
+        self._tb_tried = False
+
+    # -- checkpoint contract -------------------------------------------------------------------
+    def optimizers(self) -> dict:
+        return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.step = int(state["step"])
+
+    def steps_per_epoch(self) -> int:
+        steps = self.args["steps_per_epoch"]
+        return int(steps) if steps else max(1, len(self.train_loader))
+
+    # -- data ----------------------------------------------------------------------------------
+    def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Next (x in [-1,1] ``[B,3,32,32]``, y ``[B]``), cycling the loader endlessly."""
+        if self._batches is None:
+            self._batches = iter(self.train_loader)
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.train_loader)
+            batch = next(self._batches)
+        data, labels = batch_to(batch, self.device)
+        return to_signed_unit(data, self.mean, self.std), labels
+
+    def cutmix_probability(self, epoch_idx: int) -> float:
+        """Probability of a CutMix discriminator term: ``0.5 * min(1, epoch / warmup)``."""
+        if not self.args["cutmix"]:
+            return 0.0
+        warmup = float(self.args["cutmix_warmup_epochs"] or 0)
+        return 0.5 if warmup <= 0 else 0.5 * min(1.0, epoch_idx / warmup)
+
+    # -- losses --------------------------------------------------------------------------------
+    def discriminator_loss(self, x, fake, y, use_cutmix: bool) -> Dict[str, torch.Tensor]:
+        """U-Net discriminator BCE on both heads (+ CutMix term); ``fake`` must be detached."""
+        gan = self.net
+        real_b, real_p = gan.discriminate(x, y)
+        fake_b, fake_p = gan.discriminate(fake, y)
+        real = bce(real_b, 1) + bce(real_p, 1)
+        fake_term = bce(fake_b, 0) + bce(fake_p, 0)
+        loss = 0.5 * real + 0.5 * fake_term
+        cutmix = torch.zeros((), device=x.device)
+        if use_cutmix:
+            mask = random_cutmix_masks(x.shape[0], x.shape[-1], x.device)
+            mixed = mask * x + (1 - mask) * fake
+            mix_b, mix_p = gan.discriminate(mixed, y)
+            target_p = mask.expand_as(mix_p)
+            consistency = F.mse_loss(mix_p, mask * real_p.detach() + (1 - mask) * fake_p.detach())
+            cutmix = 0.5 * bce(mix_b, 0) + 0.5 * bce(mix_p, target_p) + consistency
+            loss = loss + cutmix
+        return {"d_loss": loss, "d_real": real, "d_fake": fake_term, "d_cutmix": cutmix}
+
+    def generator_loss(self, x, fake, y, mu, logvar) -> Dict[str, torch.Tensor]:
+        """Adversarial (both heads) + KL + SSIM/MSE/L1 reconstruction of the unmasked ``x``."""
+        a = self.args
+        fake_b, fake_p = self.net.discriminate(fake, y)
+        adv = 0.5 * bce(fake_b, 1) + 0.5 * bce(fake_p, 1)
+        kl = kl_to_standard_normal(mu, logvar)
+        rec = reconstruction_losses(fake, x)
+        recon = (float(a["ssim_weight"]) * rec["neg_log_ssim"] + float(a["mse_weight"]) * rec["mse"]
+                 + float(a["l1_weight"]) * rec["l1"])
+        loss = adv + float(a["kl_weight"]) * kl + recon
+        return {"g_loss": loss, "g_adv": adv, "kl": kl, "ssim": rec["ssim"], "mse": rec["mse"],
+                "l1": rec["l1"], "recon": recon}
+
+    # -- one step ------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch_idx: int) -> Dict[str, float]:
+        """One discriminator and one generator+encoder update on (x in [-1,1], y); returns losses."""
+        gan = self.net
+        gan.encoder.train()
+        gan.decoder.train()
+        gan.discriminator.train()
+        masked = apply_mask(x, "random_rectangle", area=TRAIN_AREA)
+        z, mu, logvar = gan.encoder(masked)
+        fake = gan.decoder(z, y)
+
+        use_cutmix = bool(torch.rand(()) < self.cutmix_probability(epoch_idx))
+        d_losses = self.discriminator_loss(x, fake.detach(), y, use_cutmix)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_losses["d_loss"].backward()
+        self.opt_d.step()
+
+        gan.discriminator.requires_grad_(False)
+        try:
+            g_losses = self.generator_loss(x, fake, y, mu, logvar)
+            self.opt_g.zero_grad(set_to_none=True)
+            g_losses["g_loss"].backward()
+            self.opt_g.step()
+        finally:
+            gan.discriminator.requires_grad_(True)
+        self.update_ema()
+        self.step += 1
+        values = {k: float(v.detach()) for k, v in {**d_losses, **g_losses}.items()}
+        return {"step": self.step, "epoch": epoch_idx, "cutmix_used": int(use_cutmix), **values}
+
+    def update_ema(self) -> None:
+        decay = self.args["ema_decay"]
+        if not decay:
+            self.net.update_ema(0.0)  # keep decoder_ema an exact copy
+            return
+        self.net.update_ema(min(float(decay), (1.0 + self.step) / (10.0 + self.step)))
+
+    # -- epoch ---------------------------------------------------------------------------------
+    def train_epoch(self, epoch_idx: int):
+        sums: Dict[str, float] = {}
+        steps = self.steps_per_epoch()
+        with self.loss_log() as writer:
+            for _ in range(steps):
+                x, y = self.next_batch()
+                if self._sample_batch is None:
+                    self._sample_batch = (x[:SAMPLE_IMAGES].clone(), y[:SAMPLE_IMAGES].clone())
+                row = self.train_step(x, y, epoch_idx)
+                if writer is not None:
+                    writer.writerow([row[c] for c in LOSS_COLUMNS])
+                self.log_tensorboard(row)
+                self.maybe_save_samples()
+                for key in ("d_loss", "g_loss", "g_adv", "kl", "ssim", "mse", "l1", "recon"):
+                    sums[key] = sums.get(key, 0.0) + row[key]
+        means = {key: value / steps for key, value in sums.items()}
+        if not all(math.isfinite(v) for v in means.values()):
+            log.warning("non-finite GAN losses in epoch %d: %s", epoch_idx, means)
+        return self.net, {"epoch_idx": epoch_idx, "loss": means["g_loss"], **means, "step": self.step}
+
+    # -- logging -------------------------------------------------------------------------------
+    def loss_log(self):
+        """Context manager yielding a csv writer appending to ``run_dir/losses.csv`` (or None)."""
+        return _LossLog(self.run_dir / "losses.csv" if self.run_dir else None, self.step)
+
+    def tensorboard(self):
+        if self._tb_tried or self.run_dir is None:
+            return self._tb
+        self._tb_tried = True
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        except ImportError:
+            log.info("tensorboard is not installed; losses go to losses.csv only")
+        return self._tb
+
+    def log_tensorboard(self, row: Dict[str, float]) -> None:
+        every = int(self.args["log_every"] or 0)
+        if every <= 0 or self.step % every:
+            return
+        writer = self.tensorboard()
+        if writer is not None:
+            for key in LOSS_COLUMNS[2:]:
+                writer.add_scalar(f"moodcat_gan/{key}", row[key], self.step)
+            writer.flush()
+
+    def maybe_save_samples(self) -> Optional[Path]:
+        every = int(self.args["sample_every"] or 0)
+        if self.run_dir is None or every <= 0 or self.step % every:
+            return None
+        return self.save_samples(self.run_dir / "samples" / f"step_{self.step:06d}.png")
+
+    def save_samples(self, path: Path) -> Path:
+        """Grid of the fixed sample batch: input / masked (test-area mask) / synthesis [/ EMA]."""
+        x, y = self._sample_batch
+        generator = torch.Generator(device=x.device).manual_seed(SAMPLE_MASK_SEED)
+        masked, synthesis = self.net.synthesize(x, y, area=TEST_AREA, generator=generator)
+        rows = [x, masked, synthesis]
+        if self.args["ema_decay"]:
+            rows.append(self.net.synthesize_from_masked(masked, y, use_ema=True))
+        return save_triplet_grid(path, rows, nrow=SAMPLE_IMAGES)
+
+
+class _LossLog:
+    """Appends rows to a loss CSV, writing the header once and dropping rows past ``step``
+    (left behind by an interrupted epoch that is being redone after a resume)."""
+
+    def __init__(self, path: Optional[Path], step: int):
+        self.path, self.step, self.file = path, step, None
+
+    def __enter__(self):
+        if self.path is None:
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))
+            kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step] if rows else []
+            if len(kept) != len(rows):
+                with open(self.path, "w", newline="") as f:
+                    csv.writer(f).writerows(kept)
+        new_file = not self.path.is_file() or self.path.stat().st_size == 0
+        self.file = open(self.path, "a", newline="")
+        writer = csv.writer(self.file)
+        if new_file:
+            writer.writerow(LOSS_COLUMNS)
+        return writer
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()
+        return False

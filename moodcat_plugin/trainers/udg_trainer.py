@@ -1,0 +1,247 @@
+"""Unsupervised Dual Grouping (Yang et al., ICCV 2021), registered as trainer ``udg``.
+
+UDG trains on labelled ID data plus an unlabeled set (our outlier set) that may hold ID-like and
+OOD images. At the start of every epoch it groups all training images:
+
+1. penultimate features ``net(x, return_feature=True)`` of ID train + unlabeled images, without
+   augmentation (N_total x D);
+2. PCA to ``min(pca_dim, D)`` dimensions (256 in the reference) with whitening, then L2
+   normalisation (directions whose variance is ~0, e.g. dead ReLU channels, are dropped so
+   whitening does not blow up noise);
+3. k-means into k clusters (scikit-learn ``KMeans``, ``MiniBatchKMeans`` above
+   ``kmeans_minibatch_above`` samples). ``num_clusters: auto`` uses
+   ``k = clip(round(N_total / 100), 10, 1000)``: the reference 1000 clusters for 50k + 300k
+   CIFAR/Tiny-ImageNet images is ~350 images per cluster, capped; ~100 per cluster keeps small
+   sets (the demo: 649 + 800 -> 14) from collapsing into a handful of clusters;
+4. cluster purity, over all members of a cluster (OpenOOD's definition): when one ID class holds
+   >= ``purity_ind_thresh`` (0.8) of the members, the unlabeled members take that class label;
+   when unlabeled images make up >= ``purity_ood_thresh`` (0.8) of the members, the unlabeled
+   members are marked OOD. Unlabeled members of mixed clusters get neither target (OpenOOD treats
+   them as OOD too; we follow the narrower rule).
+
+Loss per step, one concatenated forward of the ID batch and an unlabeled batch::
+
+    CE(class logits, ID labels + propagated labels)
+    + lambda_oe (0.5) * CE(class logits of OOD-marked samples, uniform)
+    + lambda_aux (0.1) * CE(auxiliary cluster logits, cluster id of every sample)
+
+The auxiliary head (``resnet18_32x32_udg``'s ``fc_aux``) is re-initialised after every
+clustering, as cluster ids change meaning. Evaluated with MSP on the class logits.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from moodcat_plugin.errors import ConfigError
+from moodcat_plugin.registry import register_trainer
+from moodcat_plugin.trainers.base_trainer import batch_to
+from moodcat_plugin.trainers.oe_trainer import OutlierTrainerBase, uniform_cross_entropy
+
+SAMPLES_PER_CLUSTER = 100
+MIN_CLUSTERS, MAX_CLUSTERS = 10, 1000
+
+
+def number_of_clusters(n_total: int, setting="auto") -> int:
+    """k for ``n_total`` images: an int setting as given, ``auto`` -> clip(round(N/100), 10, 1000);
+    never more than ``n_total``."""
+    if setting == "auto":
+        k = int(np.clip(round(n_total / SAMPLES_PER_CLUSTER), MIN_CLUSTERS, MAX_CLUSTERS))
+    elif isinstance(setting, int) and setting >= 2:
+        k = setting
+    else:
+        raise ConfigError(f"trainer.num_clusters must be 'auto' or an integer >= 2, got {setting!r}")
+    return max(1, min(k, n_total))
+
+
+def whitened_features(features: np.ndarray, pca_dim: int = 256) -> np.ndarray:
+    """PCA-whiten to min(pca_dim, D, N) dims and L2-normalise: (N, D) -> (N, d), unit rows.
+
+    Components with variance below 1e-6 of the largest are dropped; if nothing usable is left
+    (constant features), the L2-normalised raw features are returned instead.
+    """
+    from sklearn.decomposition import PCA
+
+    features = np.asarray(features, dtype=np.float64)
+    n, dim = features.shape
+    n_components = max(1, min(pca_dim, dim, n))
+    pca = PCA(n_components=n_components, whiten=True, random_state=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reduced = pca.fit_transform(features)
+    variance = pca.explained_variance_
+    keep = variance > 1e-6 * max(float(variance.max(initial=0.0)), 1e-30)
+    reduced = reduced[:, keep]
+    if reduced.shape[1] == 0 or not np.isfinite(reduced).all():
+        reduced = features
+    norms = np.linalg.norm(reduced, axis=1, keepdims=True)
+    return reduced / np.maximum(norms, 1e-12)
+
+
+def kmeans_cluster_ids(points: np.ndarray, k: int, seed: int, iters: int = 20,
+                       minibatch_above: int = 50000) -> np.ndarray:
+    """k-means cluster id per row: (N, d) -> (N,) int64 in [0, k)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if len(points) > minibatch_above:
+        model = MiniBatchKMeans(n_clusters=k, batch_size=4096, max_iter=iters, n_init=1, random_state=seed)
+    else:
+        model = KMeans(n_clusters=k, max_iter=iters, n_init=1, random_state=seed)
+    return model.fit_predict(points.astype(np.float32)).astype(np.int64)
+
+
+def assign_cluster_targets(cluster_id: np.ndarray, labels: np.ndarray, num_clusters: int,
+                           purity_ind_thresh: float = 0.8, purity_ood_thresh: float = 0.8
+                           ) -> Tuple[np.ndarray, np.ndarray]:
+    """Cluster purity -> (targets, is_ood), both (N,).
+
+    cluster_id: (N,) ints in [0, num_clusters); labels: (N,) class ids for ID samples, -1 for
+    unlabeled ones. targets: the ID label for ID samples, the propagated class for unlabeled
+    members of ID-pure clusters (one class >= purity_ind_thresh of all members), else -1.
+    is_ood: True for unlabeled members of clusters whose unlabeled share >= purity_ood_thresh.
+    """
+    cluster_id = np.asarray(cluster_id, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    unlabeled = labels < 0
+    num_classes = int(labels.max(initial=-1)) + 1
+    size = np.bincount(cluster_id, minlength=num_clusters).astype(np.float64)
+    safe_size = np.maximum(size, 1.0)
+    class_counts = np.zeros((num_clusters, max(1, num_classes)))
+    np.add.at(class_counts, (cluster_id[~unlabeled], labels[~unlabeled]), 1.0)
+    majority_class = class_counts.argmax(axis=1)
+    id_pure = class_counts.max(axis=1) / safe_size >= purity_ind_thresh
+    id_pure &= class_counts.max(axis=1) > 0
+    unlabeled_share = np.bincount(cluster_id[unlabeled], minlength=num_clusters) / safe_size
+    ood_pure = (unlabeled_share >= purity_ood_thresh) & ~id_pure & (size > 0)
+
+    targets = labels.copy()
+    propagate = unlabeled & id_pure[cluster_id]
+    targets[propagate] = majority_class[cluster_id[propagate]]
+    is_ood = unlabeled & ood_pure[cluster_id]
+    return targets, is_ood
+
+
+def plain_loader(loader: DataLoader, batch_size: int) -> DataLoader:
+    """The same images without augmentation, in index order (for feature extraction)."""
+    dataset = loader.dataset
+    if hasattr(dataset, "augment"):
+        dataset = copy.copy(dataset)
+        dataset.augment = ()
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader.num_workers)
+
+
+@dataclass
+class ClusterState:
+    """Per-sample targets of one epoch, indexed by the loaders' ``index``: ID and unlabeled parts."""
+
+    id_cluster: torch.Tensor         # (N_id,) int64
+    unlabeled_target: torch.Tensor   # (N_unl,) int64, -1 = no class target
+    unlabeled_ood: torch.Tensor      # (N_unl,) bool
+    unlabeled_cluster: torch.Tensor  # (N_unl,) int64
+
+
+@register_trainer("udg")
+class UDGTrainer(OutlierTrainerBase):
+    """Per-epoch clustering, then CE + lambda_oe * uniform-CE on OOD clusters + lambda_aux * cluster CE.
+
+    config.trainer: classifier recipe plus ``num_clusters`` ('auto' or int), ``pca_dim`` (256),
+    ``purity_ind_thresh`` (0.8), ``purity_ood_thresh`` (0.8), ``lambda_oe`` (0.5),
+    ``lambda_aux`` (0.1), ``kmeans_iters`` (20), ``kmeans_minibatch_above`` (50000).
+    The network must have an auxiliary head: ``resnet18_32x32_udg``.
+    """
+
+    def __init__(self, net, train_loader, train_unlabeled_loader, config):
+        if not hasattr(net, "reset_cluster_head"):
+            raise ConfigError(f"trainer 'udg' needs a network with an auxiliary cluster head (resnet18_32x32_udg), "
+                              f"got {type(net).__name__}; set network.name: resnet18_32x32_udg "
+                              "(configs/postprocessors/udg.yml does)")
+        cfg = config.trainer
+        n_total = len(train_loader.dataset) + len(train_unlabeled_loader.dataset)
+        self.num_clusters = number_of_clusters(n_total, cfg.get("num_clusters", "auto"))
+        net.reset_cluster_head(self.num_clusters)  # before the optimiser collects the parameters
+        super().__init__(net, train_loader, train_unlabeled_loader, config)
+        self.pca_dim = int(cfg.get("pca_dim", 256))
+        self.purity_ind_thresh = float(cfg.get("purity_ind_thresh", 0.8))
+        self.purity_ood_thresh = float(cfg.get("purity_ood_thresh", 0.8))
+        self.lambda_oe = float(cfg.get("lambda_oe", 0.5))
+        self.lambda_aux = float(cfg.get("lambda_aux", 0.1))
+        self.kmeans_iters = int(cfg.get("kmeans_iters", 20))
+        self.kmeans_minibatch_above = int(cfg.get("kmeans_minibatch_above", 50000))
+        self.feature_batch_size = int(config.get("eval_batch_size", 256))
+        self.seed = int(config.get("seed", 0))
+        self.state: ClusterState | None = None
+
+    # -- clustering ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def extract(self, loader: DataLoader) -> Tuple[np.ndarray, np.ndarray]:
+        """Penultimate features (N, D) and labels (N,) of a loader's images in index order."""
+        features, labels, indices = [], [], []
+        for batch in plain_loader(loader, self.feature_batch_size):
+            _, feature = self.net(batch["data"].to(self.device), return_feature=True)
+            features.append(feature.float().cpu())
+            labels.append(batch["label"])
+            indices.append(torch.as_tensor(batch["index"]))
+        order = torch.cat(indices).argsort()
+        return torch.cat(features)[order].numpy(), torch.cat(labels)[order].numpy()
+
+    def run_clustering(self, epoch_idx: int) -> dict:
+        """Cluster ID + unlabeled features, set ``self.state``, reset the auxiliary head."""
+        self.net.eval()
+        id_features, id_labels = self.extract(self.train_loader)
+        unl_features, _ = self.extract(self.train_unlabeled_loader)
+        n_id = len(id_features)
+        points = whitened_features(np.concatenate([id_features, unl_features]), self.pca_dim)
+        cluster_id = kmeans_cluster_ids(points, self.num_clusters, seed=self.seed * 1000 + epoch_idx,
+                                        iters=self.kmeans_iters, minibatch_above=self.kmeans_minibatch_above)
+        labels = np.concatenate([id_labels, np.full(len(unl_features), -1)])
+        targets, is_ood = assign_cluster_targets(cluster_id, labels, self.num_clusters,
+                                                 self.purity_ind_thresh, self.purity_ood_thresh)
+        self.state = ClusterState(
+            id_cluster=torch.from_numpy(cluster_id[:n_id]).to(self.device),
+            unlabeled_target=torch.from_numpy(targets[n_id:]).to(self.device),
+            unlabeled_ood=torch.from_numpy(is_ood[n_id:]).to(self.device),
+            unlabeled_cluster=torch.from_numpy(cluster_id[n_id:]).to(self.device),
+        )
+        self.net.reset_cluster_head(self.num_clusters)
+        return {"unlabeled_with_label": float((targets[n_id:] >= 0).mean()),
+                "unlabeled_ood": float(is_ood[n_id:].mean())}
+
+    # -- training --------------------------------------------------------------------------------
+    def losses(self, data, labels, id_index, unl_data, unl_index):
+        """(loss_cls, loss_oe, loss_aux) from one forward over the ID and unlabeled batches."""
+        state = self.state
+        logits, aux_logits = self.net(torch.cat([data, unl_data]), return_aux=True)
+        targets = torch.cat([labels, state.unlabeled_target[unl_index]])
+        ood = torch.cat([torch.zeros_like(labels, dtype=torch.bool), state.unlabeled_ood[unl_index]])
+        clusters = torch.cat([state.id_cluster[id_index], state.unlabeled_cluster[unl_index]])
+        labelled = targets >= 0
+        loss_cls = F.cross_entropy(logits[labelled], targets[labelled])
+        loss_oe = uniform_cross_entropy(logits[ood])
+        loss_aux = F.cross_entropy(aux_logits, clusters)
+        return loss_cls, loss_oe, loss_aux
+
+    def train_epoch(self, epoch_idx: int):
+        cluster_stats = self.run_clustering(epoch_idx)
+        self.net.train()
+        self.outliers.restart()
+        sums = {"loss": 0.0, "loss_cls": 0.0, "loss_oe": 0.0, "loss_aux": 0.0}
+        seen = 0
+        for batch in self.train_loader:
+            data, labels = batch_to(batch, self.device)
+            unl_batch = self.outliers.next()
+            unl_data = unl_batch["data"].to(self.device, non_blocking=True)
+            id_index = torch.as_tensor(batch["index"], device=self.device)
+            unl_index = torch.as_tensor(unl_batch["index"], device=self.device)
+            loss_cls, loss_oe, loss_aux = self.losses(data, labels, id_index, unl_data, unl_index)
+            loss = loss_cls + self.lambda_oe * loss_oe + self.lambda_aux * loss_aux
+            self.step(loss)
+            for name, value in (("loss", loss), ("loss_cls", loss_cls), ("loss_oe", loss_oe), ("loss_aux", loss_aux)):
+                sums[name] += value.item() * len(labels)
+            seen += len(labels)
+        metrics = {k: v / max(1, seen) for k, v in sums.items()}
+        return self.net, {"epoch_idx": epoch_idx, **metrics, **cluster_stats, "num_clusters": self.num_clusters}

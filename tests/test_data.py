@@ -1,0 +1,90 @@
+"""Data: demo benchmark, npz pack, OpenOOD image lists, and the errors for missing/bad data."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from moodcat_plugin.data import load_benchmark, make_loader
+from moodcat_plugin.data.demo import build_demo_sets
+from moodcat_plugin.errors import DataError
+
+
+def _spec(**splits):
+    return {"name": "toy", "num_classes": 2, "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+            "splits": splits}
+
+
+def _write_npz(folder, name, n, labels):
+    images = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+    np.savez(folder / f"{name}.npz", images=images, labels=np.asarray(labels))
+
+
+def test_demo_sets_are_disjoint_and_shaped():
+    sets = build_demo_sets()
+    assert set(np.unique(sets["digits_train"].labels)) == {0, 1, 2, 3, 4, 5}
+    assert set(np.unique(sets["digits_6to9"].labels)) == {6, 7, 8, 9}
+    assert sets["digits_train"].images.shape[1:] == (32, 32, 3)
+    assert not (sets["china_patches"].images.mean() == sets["flower_patches"].images.mean())
+
+
+def test_npz_benchmark_skips_missing_optional_sets(tmp_path):
+    for name in ("tr", "va", "te"):
+        _write_npz(tmp_path, name, 8, [0, 1] * 4)
+    _write_npz(tmp_path, "oodval", 6, [-1] * 6)
+    _write_npz(tmp_path, "near1", 5, [3] * 5)
+    spec = _spec(id={"train": {"npz": "tr"}, "val": {"npz": "va"}, "test": {"npz": "te"}},
+                 ood_val={"npz": "oodval"}, near={"near1": {"npz": "near1"}, "gone": {"npz": "gone"}})
+    bench = load_benchmark(spec, str(tmp_path))
+    assert list(bench.near) == ["near1"] and bench.missing == ["gone"]
+    assert (bench.near["near1"].labels == -1).all()
+
+
+def test_missing_required_file_names_path_and_fix(tmp_path):
+    spec = _spec(id={"train": {"npz": "tr"}, "val": {"npz": "va"}, "test": {"npz": "te"}}, ood_val={"npz": "x"})
+    with pytest.raises(DataError, match=r"tr\.npz.*--data-root"):
+        load_benchmark(spec, str(tmp_path))
+
+
+def test_missing_data_root(tmp_path):
+    spec = _spec(id={"train": {"npz": "tr"}, "val": {"npz": "va"}, "test": {"npz": "te"}}, ood_val={"npz": "x"})
+    with pytest.raises(DataError, match="does not exist.*--benchmark demo"):
+        load_benchmark(spec, str(tmp_path / "nowhere"))
+
+
+def test_wrong_number_of_classes(tmp_path):
+    for name in ("tr", "va", "te"):
+        _write_npz(tmp_path, name, 6, [0, 1, 5] * 2)
+    _write_npz(tmp_path, "oodval", 3, [-1] * 3)
+    spec = _spec(id={"train": {"npz": "tr"}, "val": {"npz": "va"}, "test": {"npz": "te"}}, ood_val={"npz": "oodval"})
+    with pytest.raises(DataError, match="num_classes=2"):
+        load_benchmark(spec, str(tmp_path))
+
+
+def test_openood_imglist_layout(tmp_path):
+    images = tmp_path / "images_classic" / "toy"
+    images.mkdir(parents=True)
+    lists = tmp_path / "benchmark_imglist" / "toy"
+    lists.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2), ("test", 2), ("oodval", 2)):
+        lines = []
+        for i in range(n):
+            # 40x48 images exercise OpenOOD's resize + centre crop to 32
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"{split}{i}.png")
+            extra = '{"class_label": 1}' if split == "train" and i == 0 else (str(i % 2) if split != "oodval" else "-1")
+            lines.append(f"toy/{split}{i}.png {extra}")
+        (lists / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    spec = _spec(id={s: {"imglist": f"benchmark_imglist/toy/{s}.txt"} for s in ("train", "val", "test")},
+                 ood_val={"imglist": "benchmark_imglist/toy/oodval.txt"},
+                 far={"absent": {"imglist": "benchmark_imglist/toy/absent.txt"}})
+    bench = load_benchmark(spec, str(tmp_path), progress=False)
+    assert bench.id["train"].images.shape == (4, 32, 32, 3)
+    assert bench.id["train"].labels.tolist() == [1, 1, 0, 1]
+    assert bench.missing == ["absent"]
+
+
+def test_loader_batches_are_openood_dicts():
+    sets = build_demo_sets()
+    loader = make_loader(sets["digits_val"], [0.3] * 3, [0.3] * 3, batch_size=16, train=True, augment=["crop", "flip"])
+    batch = next(iter(loader))
+    assert set(batch) == {"data", "label", "index"}
+    assert batch["data"].shape == (16, 3, 32, 32) and batch["data"].dtype.is_floating_point
