@@ -37,6 +37,16 @@ def _tiny_gan(num_classes: int = 6) -> MoodcatGAN:
     return MoodcatGAN(num_classes, ch=8, latent_dim=16, disc_ch=8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: these tiny models gain nothing from more, and a shared 2-core machine
+    oversubscribed by spinning OpenMP threads runs them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def demo_sets():
     return build_demo_sets(0)
@@ -159,14 +169,14 @@ def test_reconstruction_loss_decreases_on_fixed_batch():
     trainer = MoodcatGANTrainer(_tiny_gan(), [None], _config(_gan_section(lr_g=2e-3, cutmix=False)))
     recon = [trainer.train_step(x, y, epoch_idx=1)["recon"] for _ in range(30)]
     assert all(np.isfinite(recon))
-    assert np.mean(recon[-5:]) < 0.8 * np.mean(recon[:5]), recon
+    assert np.mean(recon[-5:]) < 0.6 * np.mean(recon[:5]), recon  # ~0.27 observed
 
 
 # -- Cb training ------------------------------------------------------------------------------
 
 def _cb_config(**overrides) -> Config:
-    section = {"name": "moodcat_cb", "num_epochs": 1, "steps_per_epoch": 35, "batch_size": 32, "lr": 1e-3,
-               "betas": [0.0, 0.999], "mask_style": "random_rectangle", "train_area": [0.15, 0.33]}
+    section = {"name": "moodcat_cb", "num_epochs": 1, "steps_per_epoch": 45, "batch_size": 32, "lr": 5e-4,
+               "betas": [0.5, 0.999], "mask_style": "random_rectangle", "train_area": [0.15, 0.33]}
     section.update(overrides)
     return _config(section)
 
@@ -187,7 +197,7 @@ def test_hinge_loss_sign_convention():
 
 
 def test_cb_separates_matched_from_mismatched_pairs(demo_sets):
-    """Cb on demo digits 0 vs 1 with a frozen untrained generator: 35 Adam steps give a binary
+    """Cb on demo digits 0 vs 1 with a frozen untrained generator: 45 Adam steps give a binary
     accuracy well above chance on HELD-OUT test pairs (positives and negatives balanced)."""
     def two_classes(array):
         return array.subset(np.flatnonzero(array.labels < 2))
@@ -200,7 +210,7 @@ def test_cb_separates_matched_from_mismatched_pairs(demo_sets):
                                val_loader=_loader(two_classes(demo_sets["digits_test"]), 128, train=False))
     _, metrics = trainer.train_epoch(1)
     assert np.isfinite(metrics["loss"]) and metrics["epoch_idx"] == 1
-    assert metrics["val_acc"] > 0.7, metrics
+    assert metrics["val_acc"] > 0.75, metrics
     assert torch.equal(_flat_params(gan), gan_before)  # generator frozen
 
 

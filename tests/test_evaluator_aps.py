@@ -1,0 +1,92 @@
+"""Evaluator: APS re-runs setup for each candidate and keeps the best; logits are shared."""
+import json
+
+import numpy as np
+import torch
+
+from moodcat_plugin.data import Benchmark, ImageArray
+from moodcat_plugin.evaluation import Evaluator
+from moodcat_plugin.evaluation.leaderboard import write_leaderboard
+from moodcat_plugin.pipeline import Runner, method_config
+from moodcat_plugin.postprocessors import BasePostprocessor
+
+
+class DistanceToFittedMean(BasePostprocessor):
+    """conf = -||x - mean||^2 where the mean is fitted in setup on the source named by ``fit_source``."""
+
+    uses_logits_only = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.setup_calls = []
+
+    def setup(self, net, id_loader_dict, ood_loader_dict):
+        loader = id_loader_dict["train"] if self.fit_source == "id_train" else ood_loader_dict["val"]
+        self.setup_calls.append(self.fit_source)
+        self.mean = torch.cat([b["data"] for b in loader]).mean(0, keepdim=True)
+
+    def postprocess(self, net, data):
+        conf = -((data - self.mean) ** 2).flatten(1).sum(1)
+        return torch.zeros(len(data), dtype=torch.long), conf
+
+
+def _dark_vs_bright_benchmark():
+    """ID images are dark, OOD-val images bright: distance to the right fitted mean separates them."""
+    rng = np.random.default_rng(0)
+
+    def images(low, high, n):
+        return rng.integers(low, high, (n, 32, 32, 3), dtype=np.uint8)
+
+    labels = np.zeros(20, dtype=np.int64)
+    ids = {s: ImageArray(s, images(0, 100, 20), labels) for s in ("train", "val", "test")}
+    return Benchmark("toy", 1, [0.5] * 3, [0.5] * 3, ids, ImageArray("ood_val", images(150, 255, 20), labels - 1))
+
+
+def test_aps_refits_per_candidate_and_picks_best(make_config, tmp_path):
+    cfg = make_config(["msp"])
+    evaluator = Evaluator(cfg, _dark_vs_bright_benchmark(), tmp_path)
+    mcfg = method_config(cfg, "msp")
+    mcfg.postprocessor.APS_mode = True
+    mcfg.postprocessor.postprocessor_args = {"fit_source": "ood_val"}
+    mcfg.postprocessor.postprocessor_sweep = {"fit_source": ["ood_val", "id_train"]}
+    pp = DistanceToFittedMean(mcfg)
+    pp.registered_name = "distance"
+    trials = evaluator.hyperparam_search(pp, torch.nn.Identity())
+    assert pp.setup_calls == ["ood_val", "id_train", "id_train"]  # one fit per candidate + final
+    by_source = {t["values"]["fit_source"]: t["AUROC"] for t in trials}
+    assert by_source["id_train"] == 1.0 and by_source["ood_val"] == 0.0
+    assert pp.fit_source == "id_train" and pp.hyperparam_search_done
+
+
+def test_logits_computed_once_and_shared(make_config, monkeypatch):
+    cfg = make_config(["msp", "ebo"])
+    runner = Runner(cfg)
+    calls = {"n": 0}
+    original = Evaluator._cached_logits
+
+    def counting(self, net, loader):
+        key = (id(net), loader.dataset.name)
+        if key not in self._logits:
+            calls["n"] += 1
+        return original(self, net, loader)
+
+    monkeypatch.setattr(Evaluator, "_cached_logits", counting)
+    runner.run_method("msp")
+    first = calls["n"]
+    runner.run_method("ebo")  # EBO APS sweeps 4 temperatures on the same cached logits
+    assert first == calls["n"] and first >= 3
+
+
+def test_scores_saved_and_leaderboard_rebuilt_from_disk(make_config):
+    cfg = make_config(["msp", "ebo"])
+    runner = Runner(cfg)
+    runner.run_method("msp")
+    runner.run_method("ebo")
+    folder = runner.results_dir / "scores" / "msp"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["groups"] == {"near": ["digits_6to9"], "far": ["flower_patches"]}
+    with np.load(folder / "id_test.npz") as scores:
+        assert scores["conf"].shape == scores["label"].shape
+    markdown = write_leaderboard(runner.results_dir, "demo", "id_positive")
+    assert "FPR@95 (ID positive, MOODCAT paper)" in markdown
+    assert "| msp |" in markdown and "| ebo |" in markdown
