@@ -75,7 +75,8 @@ def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] 
         config[section] = select_profile(load_yaml(source), profile, str(source))
     for method in methods:
         source = _named_file(config_root, "postprocessors", method)
-        config["postprocessors"][method] = select_profile(load_yaml(source), profile, str(source))
+        config["postprocessors"][method] = _complete_method_section(
+            select_profile(load_yaml(source), profile, str(source)), config)
     for path in config_files:
         config = merge(config, load_yaml(path), where="")
     for text in overrides:
@@ -83,6 +84,15 @@ def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] 
     config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None})
     validate(config)
     return Config(config)
+
+
+def _complete_method_section(section: dict, config: dict) -> dict:
+    """Fill a method's own ``trainer``/``network`` sections with the classifier's defaults, so
+    every key (``lr``, ``width``...) can be overridden under ``postprocessors.<method>``."""
+    for key in ("trainer", "network"):
+        if key in section:
+            section[key] = merge(config[key], section[key], strict=False)
+    return section
 
 
 def validate(config: dict) -> None:
@@ -105,11 +115,8 @@ def method_config(config: Config, method: str) -> Config:
     section = config.postprocessors[method]
     view = {k: copy.deepcopy(v) for k, v in config.items() if k != "postprocessors"}
     view["postprocessor"] = copy.deepcopy(section["postprocessor"])
-    for key in ("trainer", "network"):
-        if key in section:
-            view[key] = merge(view[key], section[key], strict=False)
     for key, value in section.items():
-        if key not in ("postprocessor", "trainer", "network"):
+        if key != "postprocessor":
             view[key] = copy.deepcopy(value)
     return Config(view)
 
@@ -150,7 +157,7 @@ class Runner:
         """(net, info) for a method config: loaded checkpoint, cached run or fresh training."""
         trainer_cls = TRAINERS.get(cfg.trainer.name)
         key = {"benchmark": cfg.dataset.name, "network": cfg.network, "trainer": cfg.trainer, "seed": cfg.seed}
-        folder = run_folder(cfg.output_dir, f"{cfg.dataset.name}-{cfg.trainer.name}", key)
+        folder = run_folder(cfg, f"{cfg.dataset.name}-{cfg.trainer.name}", key)
         if str(folder) in self._networks:
             return self._networks[str(folder)]
         net = build_network(cfg.network, self.benchmark.num_classes).to(cfg.device)
@@ -176,8 +183,8 @@ class Runner:
     # -- methods ---------------------------------------------------------------------------------
     def run_method(self, method: str) -> Path:
         cfg = method_config(self.config, method)
+        postprocessor = POSTPROCESSORS.get(cfg.postprocessor.name)(cfg)  # config errors before any training
         net, info = self.network_for(cfg, method)
-        postprocessor = POSTPROCESSORS.get(cfg.postprocessor.name)(cfg)
         outlier = info["outlier_data"] or bool(getattr(postprocessor, "uses_outlier_data", False))
         meta = {**info, "outlier_data": outlier, "postprocessor": cfg.postprocessor.name,
                 "profile": cfg.profile, "seed": cfg.seed, "device": cfg.device}

@@ -1,6 +1,7 @@
 """Running trainers: atomic per-epoch checkpoints, resume, and a cache keyed by config hash.
 
-Layout of one run folder (``<output_dir>/checkpoints/<trainer>-<hash>/``)::
+Layout of one run folder (``<checkpoint_dir>/<name>-<hash>/``, by default
+``<output_dir>/checkpoints``)::
 
     last.ckpt      everything to resume (epoch, trainer state, RNG), rewritten atomically each epoch
     final.ckpt     trained weights of every saved module, written once training ends
@@ -26,9 +27,11 @@ FINAL = "final.ckpt"
 LAST = "last.ckpt"
 
 
-def run_folder(output_dir: Path | str, trainer_name: str, *key_sections: Any) -> Path:
-    """Folder for a training run identified by the hash of ``key_sections``."""
-    return Path(output_dir) / "checkpoints" / f"{trainer_name}-{config_hash(*key_sections)}"
+def run_folder(config, name: str, *key_sections: Any) -> Path:
+    """Folder for a training run identified by the hash of ``key_sections``, under the config's
+    ``checkpoint_dir`` (default ``<output_dir>/checkpoints``)."""
+    root = config.get("checkpoint_dir") or Path(config.output_dir) / "checkpoints"
+    return Path(root) / f"{name}-{config_hash(*key_sections)}"
 
 
 def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None) -> Dict:

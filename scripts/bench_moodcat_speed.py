@@ -6,7 +6,8 @@
     wall time over repeats after warm-up (eval mode, ``torch.inference_mode``), the time ratio
     MOODCAT/ResNet (the paper's MAC ratio is 0.408/0.556 = 0.73), and MACs counted with
     ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2). Variants: spectral-norm weights
-    recomputed every layer call (plain) or cached once per batch (``parametrize.cached()``).
+    recomputed every layer call (plain) or cached once per batch (``parametrize.cached()``), and
+    NCHW vs channels_last Cb / ResNet (MoodcatGAN's networks are always channels_last).
 (b) GAN training images/s (one D step + one G step per batch, as the ``moodcat_gan`` trainer) at
     several channel multipliers, Cb training images/s, and scoring images/s at those sizes.
 
@@ -17,6 +18,7 @@ Prints a Markdown snippet (command, machine, date, tables). Example::
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
@@ -40,32 +42,44 @@ from moodcat_plugin.trainers.moodcat_gan_trainer import MoodcatGANTrainer
 NUM_CLASSES = 10
 
 
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """{name: {'wall': s, 'cpu': s}} medians per callable, timed round-robin so that machine-load
+    drift hits all alike. 'cpu' is process CPU time (all threads), unaffected by other processes."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    walls = {name: [] for name in fns}
+    cpus = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            walls[name].append(time.perf_counter() - wall)
+            cpus[name].append(time.process_time() - cpu)
+    return {name: {"wall": statistics.median(walls[name]), "cpu": statistics.median(cpus[name])}
+            for name in fns}
 
 
 def count_macs(fn) -> float:
-    """Multiply-accumulates of one call of ``fn`` (FlopCounterMode FLOPs / 2)."""
+    """Multiply-accumulates of one call of ``fn`` (FlopCounterMode FLOPs / 2).
+
+    FlopCounterMode registers autograd hooks, so ``fn`` must not use ``torch.inference_mode``
+    (use ``no_grad``) nor ``parametrize.cached()``; the per-call spectral-norm matrix-vector
+    products then counted are negligible (< 0.1 %).
+    """
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
     return counter.get_total_flops() / 2
 
 
-def moodcat_scorer(gan: MoodcatGAN, cb: ConditionalBinaryClassifier, x, y, cache_sn: bool):
+def moodcat_scorer(gan: MoodcatGAN, cb: ConditionalBinaryClassifier, x, y, cache_sn: bool,
+                   grad_mode=torch.inference_mode):
     """Callable computing the Cb logits of the MOODCAT basic pipeline on (x, y)."""
     generator = torch.Generator().manual_seed(0)
 
     def score():
-        with torch.inference_mode(), (parametrize.cached() if cache_sn else nullcontext()):
+        with grad_mode(), (parametrize.cached() if cache_sn else nullcontext()):
             masked = apply_mask(x, "random_rectangle", area=TEST_AREA, generator=generator)
             _, mu, _ = gan.encoder(masked)
             return cb(x, gan.decoder(mu, y), y)
@@ -82,20 +96,27 @@ def scoring_comparison(batch: int, repeats: int, ch: int = 32, cb_ch: int = 64) 
     cb = ConditionalBinaryClassifier(NUM_CLASSES, ch=cb_ch).eval()
     resnet = ResNet18_32x32(NUM_CLASSES, width=1.0).eval()
 
-    def resnet_forward():
-        with torch.inference_mode():
+    def resnet_forward(grad_mode=torch.inference_mode):
+        with grad_mode():
             return resnet(x)
 
-    plain = moodcat_scorer(gan, cb, x, y, cache_sn=False)
-    cached = moodcat_scorer(gan, cb, x, y, cache_sn=True)
-    times = {"resnet": median_seconds(resnet_forward, repeats),
-             "moodcat_plain": median_seconds(plain, repeats),
-             "moodcat_cached": median_seconds(cached, repeats)}
-    times["resnet_again"] = median_seconds(resnet_forward, repeats)  # drift check on a busy machine
-    macs = {"resnet": count_macs(resnet_forward) / batch, "moodcat": count_macs(cached) / batch,
-            "encoder": count_macs(lambda: gan.encoder(x)) / batch,
-            "decoder": count_macs(lambda: gan.decoder(torch.zeros(batch, 128), y)) / batch,
-            "cb": count_macs(lambda: cb(x, x, y)) / batch}
+    resnet_cl = copy.deepcopy(resnet).to(memory_format=torch.channels_last)
+    cb_cl = copy.deepcopy(cb).to(memory_format=torch.channels_last)
+
+    def resnet_cl_forward():
+        with torch.inference_mode():
+            return resnet_cl(x)
+
+    times = interleaved_medians({
+        "resnet": resnet_forward, "resnet_cl": resnet_cl_forward,
+        "moodcat_plain": moodcat_scorer(gan, cb, x, y, cache_sn=False),
+        "moodcat_cached": moodcat_scorer(gan, cb_cl, x, y, cache_sn=True)}, repeats)
+    with torch.no_grad():
+        macs = {"resnet": count_macs(lambda: resnet_forward(torch.no_grad)) / batch,
+                "moodcat": count_macs(moodcat_scorer(gan, cb, x, y, False, torch.no_grad)) / batch,
+                "encoder": count_macs(lambda: gan.encoder(x)) / batch,
+                "decoder": count_macs(lambda: gan.decoder(torch.zeros(batch, 128), y)) / batch,
+                "cb": count_macs(lambda: cb(x, x, y)) / batch}
     return {"times": times, "macs": macs, "batch": batch}
 
 
@@ -112,8 +133,8 @@ def gan_training_rate(ch: int, batch: int, steps: int) -> float:
                                                            "cutmix_warmup_epochs": 0, "ema_decay": 0.999}))
     x = torch.rand(batch, 3, 32, 32) * 2 - 1
     y = torch.arange(batch) % NUM_CLASSES
-    seconds = median_seconds(lambda: trainer.train_step(x, y, epoch_idx=1), steps, warmup=1)
-    return batch / seconds
+    t = interleaved_medians({"step": lambda: trainer.train_step(x, y, epoch_idx=1)}, steps, warmup=1)["step"]
+    return batch / t["wall"], batch / t["cpu"]
 
 
 def cb_training_rate(gan_ch: int, cb_ch: int, batch: int, steps: int) -> float:
@@ -124,7 +145,8 @@ def cb_training_rate(gan_ch: int, cb_ch: int, batch: int, steps: int) -> float:
     images = torch.rand(batch, 3, 32, 32)
     loader = [{"data": (images - 0.5) / 0.5, "label": torch.arange(batch) % NUM_CLASSES}]
     trainer = MoodcatCbTrainer(cb, loader, tiny_config({"name": "moodcat_cb", "num_epochs": 1}), gan)
-    return batch / median_seconds(trainer.train_step, steps, warmup=1)
+    t = interleaved_medians({"step": trainer.train_step}, steps, warmup=1)["step"]
+    return batch / t["wall"], batch / t["cpu"]
 
 
 def scoring_rate(gan_ch: int, cb_ch: int, batch: int, repeats: int) -> float:
@@ -133,7 +155,8 @@ def scoring_rate(gan_ch: int, cb_ch: int, batch: int, repeats: int) -> float:
     cb = ConditionalBinaryClassifier(NUM_CLASSES, ch=cb_ch).eval()
     x = torch.rand(batch, 3, 32, 32) * 2 - 1
     y = torch.arange(batch) % NUM_CLASSES
-    return batch / median_seconds(moodcat_scorer(gan, cb, x, y, cache_sn=True), repeats)
+    t = interleaved_medians({"score": moodcat_scorer(gan, cb, x, y, cache_sn=True)}, repeats)["score"]
+    return batch / t["wall"], batch / t["cpu"]
 
 
 def machine_line(threads: int) -> str:
@@ -159,33 +182,37 @@ def main(argv=None) -> None:
     print(f"- machine: {machine_line(args.threads)}")
     print(f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}")
     print("- note: wall-clock medians; a shared or busy machine inflates absolute times, ratios are "
-          "more robust (the ResNet is timed before and after as a drift check)\n")
+          "more robust (the scoring variants are timed round-robin)\n")
 
     if not args.skip_scoring:
         result = scoring_comparison(args.batch, args.repeats)
         t, m = result["times"], result["macs"]
-        resnet = statistics.mean([t["resnet"], t["resnet_again"]])
         print(f"### (a) Scoring, batch {args.batch}, eval mode, inference_mode\n")
-        print("| model | median s / batch | images/s | ratio to ResNet-18 | GMACs / image |")
-        print("|---|---|---|---|---|")
-        print(f"| resnet18_32x32 (width 1.0) | {resnet:.4f} | {args.batch / resnet:.0f} | 1.00 | {m['resnet'] / 1e9:.3f} |")
-        print(f"| MOODCAT basic, SN recomputed per call | {t['moodcat_plain']:.4f} | "
-              f"{args.batch / t['moodcat_plain']:.0f} | {t['moodcat_plain'] / resnet:.2f} | {m['moodcat'] / 1e9:.3f} |")
-        print(f"| MOODCAT basic, SN cached per batch | {t['moodcat_cached']:.4f} | "
-              f"{args.batch / t['moodcat_cached']:.0f} | {t['moodcat_cached'] / resnet:.2f} | {m['moodcat'] / 1e9:.3f} |")
+        print("| model | median wall s / batch | ratio (wall) | median CPU s / batch | ratio (CPU) | GMACs / image |")
+        print("|---|---|---|---|---|---|")
+        rows = [("resnet18_32x32 (width 1.0)", "resnet", m["resnet"]),
+                ("resnet18_32x32, channels_last", "resnet_cl", m["resnet"]),
+                ("MOODCAT basic (E+D+Cb), Cb NCHW, SN recomputed per call", "moodcat_plain", m["moodcat"]),
+                ("MOODCAT basic (E+D+Cb), Cb channels_last, SN cached", "moodcat_cached", m["moodcat"])]
+        for label, key, macs in rows:
+            print(f"| {label} | {t[key]['wall']:.4f} | {t[key]['wall'] / t['resnet']['wall']:.2f} | "
+                  f"{t[key]['cpu']:.4f} | {t[key]['cpu'] / t['resnet']['cpu']:.2f} | {macs / 1e9:.3f} |")
         print(f"\nMAC ratio MOODCAT/ResNet = {m['moodcat'] / m['resnet']:.2f} (paper: 0.73); per image "
               f"E {m['encoder'] / 1e9:.4f}, D {m['decoder'] / 1e9:.3f}, Cb {m['cb'] / 1e9:.3f} GMACs "
-              f"(paper: 0.0049, 0.297, 0.105). ResNet timed twice: {t['resnet']:.4f} s / {t['resnet_again']:.4f} s.\n")
+              f"(paper: 0.0049, 0.297, 0.105).\n")
 
-    print(f"### (b) Training and scoring throughput, batch {args.batch}\n")
-    print("| GAN ch (= disc ch) | GAN train images/s | " + " | ".join(
-        f"Cb ch {c} train images/s | scoring images/s (Cb ch {c})" for c in args.cb_channels) + " |")
-    print("|---|---|" + "---|---|" * len(args.cb_channels))
+    print(f"### (b) Training and scoring throughput, batch {args.batch} (images/s wall; images per CPU-second)\n")
+    header = ["GAN ch (= disc ch)", "GAN train"]
+    for c in args.cb_channels:
+        header += [f"Cb ch {c} train", f"scoring E+D+Cb ch {c}"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    fmt = lambda rates: f"{rates[0]:.1f}; {rates[1]:.1f}"  # noqa: E731
     for ch in args.gan_channels:
-        cells = [f"{gan_training_rate(ch, args.batch, args.train_steps):.1f}"]
+        cells = [fmt(gan_training_rate(ch, args.batch, args.train_steps))]
         for cb_ch in args.cb_channels:
-            cells.append(f"{cb_training_rate(ch, cb_ch, args.batch, args.train_steps):.1f}")
-            cells.append(f"{scoring_rate(ch, cb_ch, args.batch, args.repeats):.0f}")
+            cells.append(fmt(cb_training_rate(ch, cb_ch, args.batch, args.train_steps)))
+            cells.append(fmt(scoring_rate(ch, cb_ch, args.batch, args.repeats)))
         print(f"| {ch} | " + " | ".join(cells) + " |", flush=True)
 
 

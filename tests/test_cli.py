@@ -25,6 +25,7 @@ def test_cli_demo_end_to_end_and_row_merging(tmp_path, capsys):
     assert board["fpr_convention"] == "id_positive"
     # the second run reused the cached classifier: exactly one classifier run folder exists
     assert len(list((out / "checkpoints").glob("demo-base-*"))) == 1
+    assert (out / "checkpoints" / next((out / "checkpoints").glob("demo-base-*")).name / "final.ckpt").is_file()
 
 
 def test_cli_bad_input_is_one_line_error(tmp_path):

@@ -37,16 +37,6 @@ def _tiny_gan(num_classes: int = 6) -> MoodcatGAN:
     return MoodcatGAN(num_classes, ch=8, latent_dim=16, disc_ch=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny models gain nothing from more, and a shared 2-core machine
-    oversubscribed by spinning OpenMP threads runs them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def demo_sets():
     return build_demo_sets(0)

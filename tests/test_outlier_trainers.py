@@ -27,6 +27,7 @@ from moodcat_plugin.trainers.udg_trainer import (UDGTrainer, assign_cluster_targ
                                                  number_of_clusters, whitened_features)
 from moodcat_plugin.training import fit
 
+SIZE = 16  # the ResNet pools adaptively; 16x16 keeps the tests fast
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 COLOURS = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230]], dtype=np.float64)
 
@@ -34,19 +35,20 @@ COLOURS = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230]], dtype=np.float
 def _id_images(n_per_class: int, seed: int) -> ImageArray:
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(COLOURS)), n_per_class)
-    images = COLOURS[labels][:, None, None, :] + rng.normal(0, 20, (len(labels), 32, 32, 3))
+    images = COLOURS[labels][:, None, None, :] + rng.normal(0, 20, (len(labels), SIZE, SIZE, 3))
     return ImageArray("toy_id", np.clip(images, 0, 255).astype(np.uint8), labels)
 
 
 def _outlier_images(n: int, seed: int) -> ImageArray:
     rng = np.random.default_rng(seed)
-    return ImageArray("toy_outliers", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.full(n, -1))
+    return ImageArray("toy_outliers", rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8), np.full(n, -1))
 
 
 def _config(trainer: dict, num_epochs: int = 3) -> Config:
     base = {"name": "x", "num_epochs": num_epochs, "batch_size": 16, "lr": 0.05, "momentum": 0.9,
             "nesterov": True, "weight_decay": 5e-4}
-    return Config({"device": "cpu", "seed": 0, "eval_batch_size": 64, "trainer": {**base, **trainer}})
+    return Config({"device": "cpu", "seed": 0, "eval_batch_size": 64, "progress": False,
+                   "trainer": {**base, **trainer}})
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +141,8 @@ def test_oe_learns_and_lowers_outlier_msp_versus_plain_ce(toy):
     torch.manual_seed(0)
     init = ResNet18_32x32(num_classes=3, width=0.125)
     oe_net, ce_net = copy.deepcopy(init), copy.deepcopy(init)
-    oe_history = _train(OETrainer(oe_net, toy["train"](), toy["outliers"](), _config({"lambda_oe": 0.5}, 4)))
-    _train(ClassifierTrainer(ce_net, toy["train"](), _config({}, 4)))
+    oe_history = _train(OETrainer(oe_net, toy["train"](), toy["outliers"](), _config({"lambda_oe": 0.5}, 8)))
+    _train(ClassifierTrainer(ce_net, toy["train"](), _config({}, 8)))
     assert oe_history[-1]["loss"] < oe_history[0]["loss"]
     assert oe_history[-1]["loss_id"] < oe_history[0]["loss_id"]
     oe_out, ce_out = _mean_msp(oe_net, toy["outlier_eval"]), _mean_msp(ce_net, toy["outlier_eval"])

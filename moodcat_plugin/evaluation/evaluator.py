@@ -116,6 +116,7 @@ class Evaluator:
             trials = self.hyperparam_search(postprocessor, net)
         else:
             postprocessor.setup(net, self.id_loader_dict, self.ood_loader_dict)
+        meta = {**meta, **getattr(postprocessor, "run_meta", {})}
         folder = self.results_dir / "scores" / method
         sets = {ID_TEST: self.id_loader_dict["test"]}
         groups = {}

@@ -109,7 +109,24 @@ def render_markdown(rows: List[dict], benchmark: str, convention: str, missing: 
             outlier = "yes" if row["outlier_data"] else "no"
             lines.append(f"| {row['method']} | {outlier} | {100 * row['acc']:.2f} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + method_notes(rows))
+
+
+def method_notes(rows: List[dict]) -> List[str]:
+    """One line per method: the network it evaluates, hyperparameters, and any scorer details."""
+    lines = ["## Methods", ""]
+    for row in rows:
+        meta = row["meta"]
+        if row["method"] != meta["method"]:
+            continue  # component rows share their method's notes
+        details = [meta.get("network", "")]
+        if meta.get("hyperparameters"):
+            details.append(f"hyperparameters {meta['hyperparameters']}" + (" (APS)" if meta.get("aps_trials") else ""))
+        if meta.get("scorers"):
+            details.append(f"scorers {meta['scorers']}, IQA trunks: {meta.get('iqa_trunks')}")
+        details.append(f"profile {meta.get('profile')}, device {meta.get('device')}, {meta.get('seconds')} s")
+        lines.append(f"- **{meta['method']}**: " + "; ".join(d for d in details if d))
+    return lines + [""]
 
 
 def render_csv(rows: List[dict], convention: str) -> str:

@@ -40,7 +40,6 @@ import logging
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -84,7 +83,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.iqa_pretrained = bool(self.iqa_cfg.get("pretrained", True))
         if self.iqa_pretrained:  # fail before any training when weights are missing
             check_cached_weights(self.iqa_scorers, self.iqa_cfg.get("lpips_trunk", "vgg"))
-        if "cb_ext" in self.cb_variants:
+        if "cb_ext" in self.scorer_names:
             self.uses_outlier_data = True  # read by the runner / leaderboard (paper 3.6)
         norm = config.dataset.normalization
         self.mean, self.std = list(norm.mean), list(norm.std)
@@ -141,7 +140,8 @@ class MoodcatPostprocessor(BasePostprocessor):
         net.eval()
         if self.gan is None:
             self.gan, gan_key = self._train_gan(id_loader_dict)
-            cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key) for variant in self.cb_variants}
+            cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key)
+                   for variant in self.scorer_names if variant in CB_SCORERS}
             self.scorer_modules = self._build_scorers(cbs)
         self._calibrate(net, id_loader_dict["val"])
         self._save_grids(net, id_loader_dict, ood_loader_dict)
@@ -169,7 +169,7 @@ class MoodcatPostprocessor(BasePostprocessor):
                            num_workers=self.config.get("num_workers", 0), seed=seed)
 
     def _fit(self, trainer, name: str, key: dict) -> dict:
-        folder = run_folder(self.config.output_dir, f"{self.config.dataset.name}-{name}", key)
+        folder = run_folder(self.config, f"{self.config.dataset.name}-{name}", key)
         result = fit(trainer, folder, progress=bool(self.config.get("progress", True)), key=key)
         info = {"folder": str(folder), "cached": result["cached"]}
         last = (result.get("history") or [{}])[-1]
@@ -206,7 +206,7 @@ class MoodcatPostprocessor(BasePostprocessor):
             # extra negatives: outliers pseudo-labelled by the classifier, so key on the classifier too
             key.update({"outlier_set": getattr(getattr(self.benchmark, "outlier", None), "name", None),
                         "classifier_network": cfg.get("network"), "classifier_trainer": cfg.get("trainer")})
-            folder = run_folder(cfg.output_dir, f"{cfg.dataset.name}-moodcat_{variant}", key)
+            folder = run_folder(cfg, f"{cfg.dataset.name}-moodcat_{variant}", key)
             if not (folder / FINAL).is_file():  # cached runs need no pseudo-labels
                 outliers = self._pseudo_labelled_outliers(net)
                 unlabeled = make_loader(outliers, self.mean, self.std,

@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 import torch.nn.functional as F
 
 from moodcat_plugin.registry import register_trainer
@@ -44,6 +45,10 @@ class BaseTrainer:
     def load_state_dict(self, state: dict) -> None:
         for name, obj in {**self.modules_to_save(), **self.optimizers()}.items():
             obj.load_state_dict(state[name])
+
+    def progress(self, iterable, desc: str, total: int | None = None):
+        """Per-step progress bar (hidden when ``config.progress`` is false)."""
+        return tqdm(iterable, desc=desc, total=total, leave=False, disable=not self.config.get("progress", True))
 
     def steps_per_epoch(self) -> int:
         return max(1, len(self.train_loader))
@@ -89,7 +94,7 @@ class ClassifierTrainer(BaseTrainer):
     def train_epoch(self, epoch_idx: int):
         self.net.train()
         total_loss, total_seen = 0.0, 0
-        for batch in self.train_loader:
+        for batch in self.progress(self.train_loader, f"epoch {epoch_idx}"):
             data, labels = batch_to(batch, self.device)
             loss = self.loss(self.net(data), labels, batch)
             self.optimizer.zero_grad(set_to_none=True)

@@ -72,7 +72,7 @@ class MCDTrainer(OutlierTrainerBase):
         self.outliers.restart()
         sums = {"loss": 0.0, "loss_id": 0.0, "loss_discrepancy": 0.0, "entropy_gap": 0.0}
         seen = 0
-        for batch in self.train_loader:
+        for batch in self.progress(self.train_loader, f"epoch {epoch_idx}"):
             data, labels = batch_to(batch, self.device)
             n_id = len(data)
             if with_outliers:

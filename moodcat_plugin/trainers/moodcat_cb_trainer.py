@@ -90,6 +90,7 @@ class MoodcatCbTrainer(BaseTrainer):
                  unlabeled_loader=None, val_loader=None):
         super().__init__(net, train_loader, config)
         self.args = {**DEFAULTS, **config.trainer}
+        net.to(memory_format=torch.channels_last)  # faster on CPU; values unchanged
         self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
         self.num_classes = net.num_classes
         self.generator = generator.eval().requires_grad_(False)

@@ -96,7 +96,7 @@ class OETrainer(OutlierTrainerBase):
         self.outliers.restart()
         sums = {"loss": 0.0, "loss_id": 0.0, "loss_oe": 0.0}
         seen = 0
-        for batch in self.train_loader:
+        for batch in self.progress(self.train_loader, f"epoch {epoch_idx}"):
             data, labels = batch_to(batch, self.device)
             outlier_data = self.outliers.next()["data"].to(self.device, non_blocking=True)
             loss_id, loss_oe = self.losses(data, labels, outlier_data)

@@ -231,7 +231,7 @@ class UDGTrainer(OutlierTrainerBase):
         self.outliers.restart()
         sums = {"loss": 0.0, "loss_cls": 0.0, "loss_oe": 0.0, "loss_aux": 0.0}
         seen = 0
-        for batch in self.train_loader:
+        for batch in self.progress(self.train_loader, f"epoch {epoch_idx}"):
             data, labels = batch_to(batch, self.device)
             unl_batch = self.outliers.next()
             unl_data = unl_batch["data"].to(self.device, non_blocking=True)
