@@ -53,8 +53,7 @@ def _named_file(config_root: Path, kind: str, name: str) -> Path:
 def expand_methods(names: Sequence[str], config_root: Path) -> List[str]:
     """``all`` -> every method with a config file; unknown names fail with the closest ones."""
     if list(names) == ["all"]:
-        return [n for n in available(config_root, "postprocessors") if n in POSTPROCESSORS or
-                load_yaml(_named_file(config_root, "postprocessors", n))["postprocessor"]["name"] in POSTPROCESSORS]
+        return available(config_root, "postprocessors")
     for name in names:
         _named_file(config_root, "postprocessors", name)
     return list(names)
@@ -76,7 +75,7 @@ def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] 
     for method in methods:
         source = _named_file(config_root, "postprocessors", method)
         config["postprocessors"][method] = _complete_method_section(
-            select_profile(load_yaml(source), profile, str(source)), config)
+            select_profile(load_method_file(config_root, method), profile, str(source)), config)
     for path in config_files:
         config = merge(config, load_yaml(path), where="")
     for text in overrides:
@@ -84,6 +83,15 @@ def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] 
     config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None})
     validate(config)
     return Config(config)
+
+
+def load_method_file(config_root: Path, name: str, _seen: tuple = ()) -> dict:
+    """A method file; ``extends: OTHER`` starts from OTHER's file (profiles included) and overlays this one."""
+    if name in _seen:
+        raise ConfigError(f"method configs extend each other in a loop: {' -> '.join(_seen + (name,))}")
+    data = load_yaml(_named_file(config_root, "postprocessors", name))
+    parent = data.pop("extends", None)
+    return merge(load_method_file(config_root, parent, _seen + (name,)), data, strict=False) if parent else data
 
 
 def _complete_method_section(section: dict, config: dict) -> dict:

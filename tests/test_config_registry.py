@@ -98,3 +98,11 @@ def test_entry_point_plugins_are_loaded(monkeypatch):
     monkeypatch.setattr(registry, "_loaded", False)
     assert "third_party_msp" in registry.POSTPROCESSORS.names()
     registry.POSTPROCESSORS._entries.pop("third_party_msp")
+
+
+def test_method_file_extends_another(make_config):
+    cfg = make_config(["moodcat_ext"], profile="demo")
+    section = cfg.postprocessors.moodcat_ext
+    assert section.postprocessor.postprocessor_args.cb_variants == ["cb", "cb_ext"]
+    assert section.gan.name == "moodcat_gan"          # inherited from moodcat.yml
+    assert section.postprocessor.postprocessor_args.scorers == ["cb"]  # moodcat.yml's demo profile

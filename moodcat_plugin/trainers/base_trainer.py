@@ -57,6 +57,52 @@ class BaseTrainer:
         raise NotImplementedError
 
 
+class CyclingBatches:
+    """Endless batches from a loader: a new (reshuffled) pass starts whenever one runs out."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self._iterator = None
+
+    def restart(self) -> None:
+        self._iterator = iter(self.loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._iterator is None:
+            self.restart()
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self.restart()
+            return next(self._iterator)
+
+    next = __next__
+
+
+class StepTrainer(BaseTrainer):
+    """A trainer whose "epoch" is ``config.trainer.steps_per_epoch`` steps over an endlessly
+    cycled loader (GAN and Cb training); the global step is part of the checkpoint."""
+
+    def __init__(self, net, train_loader, config):
+        super().__init__(net, train_loader, config)
+        self.step = 0
+        self.batches = CyclingBatches(train_loader)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.step = int(state["step"])
+
+    def steps_per_epoch(self) -> int:
+        steps = self.config.trainer.get("steps_per_epoch")
+        return int(steps) if steps else max(1, len(self.train_loader))
+
+
 def sgd_with_cosine(params, trainer_cfg, total_steps: int):
     """OpenOOD's classifier optimiser: SGD (nesterov) + cosine decay stepped every iteration."""
     optimizer = torch.optim.SGD(

@@ -25,7 +25,7 @@ positive and one negative per image, fixed masks and wrong labels so epochs are 
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.trainers.base_trainer import BaseTrainer, batch_to
+from moodcat_plugin.trainers.base_trainer import CyclingBatches, StepTrainer, batch_to
 
 VAL_SEED = 4321
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
@@ -66,24 +66,8 @@ def binary_accuracy(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> Tuple
     return correct, pos_logits.numel() + neg_logits.numel()
 
 
-class _Cycle:
-    """Endless iterator over a loader (restarts it when exhausted)."""
-
-    def __init__(self, loader):
-        self.loader, self.iterator = loader, None
-
-    def __next__(self):
-        if self.iterator is None:
-            self.iterator = iter(self.loader)
-        try:
-            return next(self.iterator)
-        except StopIteration:
-            self.iterator = iter(self.loader)
-            return next(self.iterator)
-
-
 @register_trainer("moodcat_cb")
-class MoodcatCbTrainer(BaseTrainer):
+class MoodcatCbTrainer(StepTrainer):
     """Trains ``ConditionalBinaryClassifier`` on matched vs mismatched synthesis pairs."""
 
     def __init__(self, net: ConditionalBinaryClassifier, train_loader, config, generator: MoodcatGAN,
@@ -98,24 +82,11 @@ class MoodcatCbTrainer(BaseTrainer):
         self.val_loader = val_loader
         self.optimizer = torch.optim.Adam(net.parameters(), lr=float(self.args["lr"]),
                                           betas=tuple(float(b) for b in self.args["betas"]))
-        self.step = 0
-        self._train_batches: Iterator = _Cycle(train_loader)
-        self._unlabeled_batches: Optional[Iterator] = _Cycle(unlabeled_loader) if unlabeled_loader else None
+        self._unlabeled_batches = CyclingBatches(unlabeled_loader) if unlabeled_loader else None
 
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.step = int(state["step"])
-
-    def steps_per_epoch(self) -> int:
-        steps = self.args["steps_per_epoch"]
-        return int(steps) if steps else max(1, len(self.train_loader))
 
     # -- pairs ---------------------------------------------------------------------------------
     def images_and_labels(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +121,7 @@ class MoodcatCbTrainer(BaseTrainer):
     def train_step(self) -> Dict[str, float]:
         """One Adam step on a labelled batch (+ an unlabeled batch for Cb(ext))."""
         self.net.train()
-        x, y = self.images_and_labels(next(self._train_batches))
+        x, y = self.images_and_labels(next(self.batches))
         images, synth, cond, is_negative = self.labelled_pairs(x, y)
         if self._unlabeled_batches is not None:
             x_u, synth_u, wrong_u = self.unlabeled_negative_pairs(next(self._unlabeled_batches))

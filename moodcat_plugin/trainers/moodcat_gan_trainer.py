@@ -38,7 +38,7 @@ import csv
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import piq
 import torch
@@ -48,7 +48,7 @@ from moodcat_plugin.moodcat.images import save_triplet_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, apply_mask, box_mask
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.trainers.base_trainer import BaseTrainer, batch_to
+from moodcat_plugin.trainers.base_trainer import StepTrainer, batch_to
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def random_cutmix_masks(batch: int, size: int, device: torch.device) -> torch.Te
 
 
 @register_trainer("moodcat_gan")
-class MoodcatGANTrainer(BaseTrainer):
+class MoodcatGANTrainer(StepTrainer):
     """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
 
     def __init__(self, net: MoodcatGAN, train_loader, config):
@@ -115,9 +115,7 @@ class MoodcatGANTrainer(BaseTrainer):
         betas = tuple(float(b) for b in self.args["betas"])
         self.opt_g = torch.optim.Adam(net.generator_parameters(), lr=float(self.args["lr_g"]), betas=betas)
         self.opt_d = torch.optim.Adam(net.discriminator.parameters(), lr=float(self.args["lr_d"]), betas=betas)
-        self.step = 0
         self.run_dir: Optional[Path] = None
-        self._batches: Optional[Iterator] = None
         self._sample_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self._tb = None
         self._tb_tried = False
@@ -126,28 +124,10 @@ class MoodcatGANTrainer(BaseTrainer):
     def optimizers(self) -> dict:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.step = int(state["step"])
-
-    def steps_per_epoch(self) -> int:
-        steps = self.args["steps_per_epoch"]
-        return int(steps) if steps else max(1, len(self.train_loader))
-
     # -- data ----------------------------------------------------------------------------------
     def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Next (x in [-1,1] ``[B,3,32,32]``, y ``[B]``), cycling the loader endlessly."""
-        if self._batches is None:
-            self._batches = iter(self.train_loader)
-        try:
-            batch = next(self._batches)
-        except StopIteration:
-            self._batches = iter(self.train_loader)
-            batch = next(self._batches)
-        data, labels = batch_to(batch, self.device)
+        data, labels = batch_to(next(self.batches), self.device)
         return to_signed_unit(data, self.mean, self.std), labels
 
     def cutmix_probability(self, epoch_idx: int) -> float:

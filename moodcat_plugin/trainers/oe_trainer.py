@@ -12,13 +12,11 @@ outlier batch 256 next to an ID batch of 128. Evaluated with MSP (``configs/post
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
 
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.trainers.base_trainer import BaseTrainer, batch_to, sgd_with_cosine
+from moodcat_plugin.trainers.base_trainer import BaseTrainer, CyclingBatches, batch_to, sgd_with_cosine
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -29,26 +27,6 @@ def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
     if logits.numel() == 0:
         return logits.sum()
     return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
-
-
-class CyclingBatches:
-    """Endless batches from a loader: a new pass (reshuffled) starts whenever one runs out."""
-
-    def __init__(self, loader):
-        self.loader = loader
-        self._iterator: Iterator | None = None
-
-    def restart(self) -> None:
-        self._iterator = iter(self.loader)
-
-    def next(self) -> dict:
-        if self._iterator is None:
-            self.restart()
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            self.restart()
-            return next(self._iterator)
 
 
 class OutlierTrainerBase(BaseTrainer):
