@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> str:
     for method in methods:
         logging.getLogger(__name__).info("evaluating %s", method)
         runner.run_method(method)
-    markdown = runner.leaderboard()
+        markdown = runner.leaderboard()  # rewritten after every method: an interrupted run keeps its rows
     return (f"{markdown}\nSaved to {runner.results_dir}/leaderboard.{{md,csv,json}} "
             f"(profile {config.profile}, device {config.device}, {time.time() - started:.0f} s)")
 

@@ -81,6 +81,10 @@ def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] 
     for text in overrides:
         config = merge(config, parse_override(text), where="")
     config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None})
+    not_run = sorted(set(config["postprocessors"]) - set(methods))
+    if not_run:
+        raise ConfigError(f"postprocessors.{not_run[0]} is configured but '{not_run[0]}' is not among the methods "
+                          f"run ({', '.join(methods)}); add it to --postprocessor or drop the setting")
     validate(config)
     return Config(config)
 

@@ -106,3 +106,8 @@ def test_method_file_extends_another(make_config):
     assert section.postprocessor.postprocessor_args.cb_variants == ["cb", "cb_ext"]
     assert section.gan.name == "moodcat_gan"          # inherited from moodcat.yml
     assert section.postprocessor.postprocessor_args.scorers == ["cb"]  # moodcat.yml's demo profile
+
+
+def test_setting_a_method_that_is_not_run_is_an_error(make_config):
+    with pytest.raises(ConfigError, match="'odin' is not among the methods run"):
+        make_config(["msp"], "postprocessors.odin.postprocessor.APS_mode=false")
