@@ -4,7 +4,7 @@ Rows are methods (plus one row per recorded component, e.g. ``moodcat:cb``); col
 OOD datasets, near/far means (± standard deviation over datasets) and the ID accuracy of the
 network each method evaluates. Written as Markdown, CSV and JSON under the results folder;
 because it is rebuilt from every method folder present, a later run adds or replaces only its
-own rows. Usage: ``python -m moodcat_plugin.evaluation.leaderboard RESULTS_DIR [--fpr id_positive]``.
+own rows. Usage: ``python scripts/rebuild_leaderboard.py RESULTS_DIR [--fpr id_positive]``.
 """
 from __future__ import annotations
 
