@@ -3,16 +3,15 @@ import math
 
 import pytest
 
-from moodcat_plugin.pipeline import Runner, available, default_config_root
+from moodcat_plugin.pipeline import Runner, available, default_config_root, load_method_file
 from moodcat_plugin.registry import POSTPROCESSORS, TRAINERS
-from moodcat_plugin.config import load_yaml
 
 CONFIG_ROOT = default_config_root()
 METHODS = available(CONFIG_ROOT, "postprocessors")
 
 
 def _method_sections():
-    return {m: load_yaml(CONFIG_ROOT / "postprocessors" / f"{m}.yml") for m in METHODS}
+    return {m: load_method_file(CONFIG_ROOT, m) for m in METHODS}
 
 
 def test_every_registered_postprocessor_has_a_config():
