@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
+from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32, forward_with_extra_head
 from moodcat_plugin.registry import register_network
 
 
@@ -32,12 +32,4 @@ class ResNet18_32x32_MCD(nn.Module):
 
     def forward(self, x: torch.Tensor, return_double: bool = False, return_feature: bool = False,
                 return_feature_list: bool = False):
-        logits1, feature_list = self.backbone(x, return_feature_list=True)
-        feature = feature_list[-1].flatten(1)
-        if return_double:
-            return logits1, self.fc2(feature)
-        if return_feature:
-            return logits1, feature
-        if return_feature_list:
-            return logits1, feature_list
-        return logits1
+        return forward_with_extra_head(self.backbone, self.fc2, x, return_double, return_feature, return_feature_list)

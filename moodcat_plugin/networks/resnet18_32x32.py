@@ -79,3 +79,20 @@ class ResNet18_32x32(nn.Module):
         if return_feature_list:
             return logits, feature_list
         return logits
+
+
+def forward_with_extra_head(backbone: ResNet18_32x32, extra_head: nn.Module, x: torch.Tensor, return_extra: bool,
+                            return_feature: bool, return_feature_list: bool):
+    """Forward of a ResNet18_32x32 ``backbone`` with a second linear head on its pooled feature.
+
+    ``return_extra`` -> (class logits, extra-head logits); otherwise the backbone's own outputs.
+    """
+    logits, feature_list = backbone(x, return_feature_list=True)
+    feature = feature_list[-1].flatten(1)
+    if return_extra:
+        return logits, extra_head(feature)
+    if return_feature:
+        return logits, feature
+    if return_feature_list:
+        return logits, feature_list
+    return logits

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
+from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32, forward_with_extra_head
 from moodcat_plugin.registry import register_network
 
 
@@ -50,12 +50,4 @@ class ResNet18_32x32_UDG(nn.Module):
 
     def forward(self, x: torch.Tensor, return_aux: bool = False, return_feature: bool = False,
                 return_feature_list: bool = False):
-        logits, feature_list = self.backbone(x, return_feature_list=True)
-        feature = feature_list[-1].flatten(1)
-        if return_aux:
-            return logits, self.fc_aux(feature)
-        if return_feature:
-            return logits, feature
-        if return_feature_list:
-            return logits, feature_list
-        return logits
+        return forward_with_extra_head(self.backbone, self.fc_aux, x, return_aux, return_feature, return_feature_list)
