@@ -48,9 +48,6 @@ class Config(dict):
     def __deepcopy__(self, memo):
         return Config(copy.deepcopy(dict(self), memo))
 
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(self, default=str))
-
 
 def _wrap(value: Any) -> Any:
     if isinstance(value, Config):

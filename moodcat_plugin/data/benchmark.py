@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
-import numpy as np
 
 from moodcat_plugin.config import require_keys
 from moodcat_plugin.data.arrays import ImageArray, read_imglist, read_npz
@@ -151,9 +150,3 @@ def _all_specs(splits: Mapping):
     for group in OOD_GROUPS:
         yield from (splits.get(group) or {}).values()
 
-
-def class_balanced_subset(array: ImageArray, per_class: int, seed: int) -> ImageArray:
-    """At most ``per_class`` images of each label (used by small profiles)."""
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(array.labels == c))[:per_class] for c in np.unique(array.labels)]
-    return array.subset(np.sort(np.concatenate(keep)))
