@@ -23,8 +23,9 @@ from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS
 from moodcat_plugin.trainers.base_trainer import ClassifierTrainer
 from moodcat_plugin.trainers.mcd_trainer import MCDTrainer, first_discrepancy_epoch
 from moodcat_plugin.trainers.oe_trainer import OETrainer, uniform_cross_entropy
-from moodcat_plugin.trainers.udg_trainer import (UDGTrainer, assign_cluster_targets, kmeans_cluster_ids,
-                                                 number_of_clusters, whitened_features)
+from moodcat_plugin.trainers.udg_trainer import (UDGTrainer, assign_cluster_targets, cluster_weights,
+                                                 kmeans_cluster_ids, number_of_clusters, outlier_weights,
+                                                 whitened_features)
 from moodcat_plugin.training import fit
 
 SIZE = 16  # the ResNet pools adaptively; 16x16 keeps the tests fast
@@ -215,17 +216,60 @@ def test_number_of_clusters_rule():
     assert number_of_clusters(1449, 50) == 50
 
 
-def test_udg_trainer_learns_and_marks_noise_outliers_ood(toy):
+def test_outlier_weights_filter_propagated_and_enhance_ood_clusters():
+    targets = np.array([2, -1, -1, 0, -1])
+    in_ood_cluster = np.array([False, True, False, False, False])
+    assert outlier_weights(targets, in_ood_cluster, 2.0).tolist() == [0.0, 2.0, 1.0, 0.0, 1.0]
+
+
+def test_cluster_weights_favour_small_clusters_with_mean_one():
+    weights = cluster_weights(np.array([0] * 16 + [1] * 4 + [3] * 1), num_clusters=4)
+    assert weights[2] == 0.0  # empty
+    assert weights[3] > weights[1] > weights[0]
+    assert weights[0] * 4 == pytest.approx(weights[3]) and weights[[0, 1, 3]].mean() == pytest.approx(1.0)
+
+
+def test_uniform_cross_entropy_weights_scale_each_sample():
+    logits = torch.tensor([[4.0, 0, 0], [0.0, 0, 0]])
+    per_sample = torch.logsumexp(logits, 1) - logits.mean(1)
+    weighted = uniform_cross_entropy(logits, torch.tensor([2.0, 1.0]))
+    assert weighted.item() == pytest.approx(((2 * per_sample[0] + per_sample[1]) / 2).item())
+
+
+def test_udg_trainer_learns_and_lowers_outlier_msp_versus_plain_ce(toy):
     torch.manual_seed(0)
-    net = ResNet18_32x32_UDG(num_classes=3, width=0.125)
-    trainer = UDGTrainer(net, toy["train"](), toy["outliers"](), _config({"num_clusters": 6, "pca_dim": 256}, 3))
+    init = ResNet18_32x32_UDG(num_classes=3, width=0.125)
+    net, ce_net = copy.deepcopy(init), ResNet18_32x32(num_classes=3, width=0.125)
+    ce_net.load_state_dict(init.backbone.state_dict())
+    trainer = UDGTrainer(net, toy["train"](), toy["outliers"](), _config({"num_clusters": 6, "pca_dim": 256}, 8))
     assert net.num_clusters == 6
     history = _train(trainer)
+    _train(ClassifierTrainer(ce_net, toy["train"](), _config({}, 8)))
     print("UDG", [{k: round(v, 3) for k, v in h.items()} for h in history])
     assert history[-1]["loss_cls"] < history[0]["loss_cls"]
     assert history[-1]["loss"] < history[0]["loss"]
-    assert history[-1]["unlabeled_ood"] > 0.5  # noise images form their own clusters
-    assert history[-1]["unlabeled_with_label"] < 0.2
+    assert max(h["unlabeled_ood_cluster"] for h in history) > 0.5  # noise images form their own clusters
+    assert max(h["unlabeled_with_label"] for h in history) < 0.2
+    udg_out, ce_out = _mean_msp(net, toy["outlier_eval"]), _mean_msp(ce_net, toy["outlier_eval"])
+    print(f"outlier MSP UDG {udg_out:.3f} vs CE {ce_out:.3f}")
+    assert udg_out < ce_out - 0.1
+    assert _mean_msp(net, toy["id_eval"]) > udg_out + 0.2
+
+
+def test_udg_pushes_unlabeled_members_of_mixed_clusters_to_uniform(toy):
+    """Unlabeled images in clusters that are neither ID-pure nor OOD-pure stay outliers (weight 1)."""
+    torch.manual_seed(0)
+    trainer = UDGTrainer(ResNet18_32x32_UDG(num_classes=3, width=0.125), toy["train"](), toy["outliers"](),
+                         _config({"num_clusters": 2, "purity_ood_thresh": 0.99}, 1))
+    trainer.run_clustering(1)
+    weights = trainer.state.unlabeled_oe_weight
+    unpropagated = trainer.state.unlabeled_target < 0
+    assert unpropagated.any()
+    assert set(weights[unpropagated].unique().tolist()) <= {1.0, 2.0} and (weights[~unpropagated] == 0).all()
+    batch, unl = next(iter(toy["train"]())), next(iter(toy["outliers"]()))
+    _, loss_oe, loss_aux = trainer.losses(batch["data"], batch["label"], torch.as_tensor(batch["index"]),
+                                          unl["data"], torch.as_tensor(unl["index"]))
+    assert loss_oe.item() > 0 and torch.isfinite(loss_aux)
 
 
 # -- resume ----------------------------------------------------------------------------------------

@@ -19,14 +19,18 @@ from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.trainers.base_trainer import BaseTrainer, CyclingBatches, batch_to, sgd_with_cosine
 
 
-def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of CE(softmax(logits), uniform); logits (B, C) -> scalar >= log C.
+def uniform_cross_entropy(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of (weight x) CE(softmax(logits), uniform); logits (B, C), weights (B,)
+    or None (all 1) -> scalar, >= log C when unweighted.
 
-    An empty batch gives 0 (so a step whose batch holds no OOD-marked sample adds nothing).
+    An empty batch gives 0 (so a step whose batch holds no sample to push adds nothing).
     """
     if logits.numel() == 0:
         return logits.sum()
-    return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
+    per_sample = torch.logsumexp(logits, dim=1) - logits.mean(dim=1)
+    if weights is not None:
+        per_sample = per_sample * weights
+    return per_sample.mean()
 
 
 class OutlierTrainerBase(BaseTrainer):

@@ -13,20 +13,25 @@ OOD images. At the start of every epoch it groups all training images:
    ``k = clip(round(N_total / 100), 10, 1000)``: the reference 1000 clusters for 50k + 300k
    CIFAR/Tiny-ImageNet images is ~350 images per cluster, capped; ~100 per cluster keeps small
    sets (the demo: 649 + 800 -> 14) from collapsing into a handful of clusters;
-4. cluster purity, over all members of a cluster (OpenOOD's definition): when one ID class holds
-   >= ``purity_ind_thresh`` (0.8) of the members, the unlabeled members take that class label;
-   when unlabeled images make up >= ``purity_ood_thresh`` (0.8) of the members, the unlabeled
-   members are marked OOD. Unlabeled members of mixed clusters get neither target (OpenOOD treats
-   them as OOD too; we follow the narrower rule).
+4. cluster purity, over all members of a cluster: when one ID class holds >=
+   ``purity_ind_thresh`` (0.8) of the members, the unlabeled members take that class label
+   (ID filtering: they leave the outlier term); every other unlabeled image stays an outlier,
+   pushed to uniform outputs with weight 1, and with weight ``oe_enhance_ratio`` (2.0) when
+   unlabeled images make up >= ``purity_ood_thresh`` (0.8) of its cluster (OOD-cluster
+   enhancement). Purity counts the true ID labels only (OpenOOD also counts last epoch's
+   propagated labels; its enhancement branch is unreachable when both thresholds are 0.8, ours is
+   not).
 
 Loss per step, one concatenated forward of the ID batch and an unlabeled batch::
 
     CE(class logits, ID labels + propagated labels)
-    + lambda_oe (0.5) * CE(class logits of OOD-marked samples, uniform)
-    + lambda_aux (0.1) * CE(auxiliary cluster logits, cluster id of every sample)
+    + lambda_oe (0.5) * mean over unpropagated unlabeled samples of w * CE(class logits, uniform)
+    + lambda_aux (0.1) * mean of v * CE(auxiliary cluster logits, cluster id), every sample
 
-The auxiliary head (``resnet18_32x32_udg``'s ``fc_aux``) is re-initialised after every
-clustering, as cluster ids change meaning. Evaluated with MSP on the class logits.
+with w in {1, oe_enhance_ratio} as above and v = size^-1/2 of the sample's cluster, scaled to mean
+1 over the non-empty clusters (small clusters count more, as in the reference). The auxiliary
+head (``resnet18_32x32_udg``'s ``fc_aux``) is re-initialised after every clustering, as cluster
+ids change meaning. Evaluated with MSP on the class logits.
 """
 from __future__ import annotations
 
@@ -98,12 +103,13 @@ def kmeans_cluster_ids(points: np.ndarray, k: int, seed: int, iters: int = 20,
 def assign_cluster_targets(cluster_id: np.ndarray, labels: np.ndarray, num_clusters: int,
                            purity_ind_thresh: float = 0.8, purity_ood_thresh: float = 0.8
                            ) -> Tuple[np.ndarray, np.ndarray]:
-    """Cluster purity -> (targets, is_ood), both (N,).
+    """Cluster purity -> (targets, in_ood_cluster), both (N,).
 
     cluster_id: (N,) ints in [0, num_clusters); labels: (N,) class ids for ID samples, -1 for
     unlabeled ones. targets: the ID label for ID samples, the propagated class for unlabeled
     members of ID-pure clusters (one class >= purity_ind_thresh of all members), else -1.
-    is_ood: True for unlabeled members of clusters whose unlabeled share >= purity_ood_thresh.
+    in_ood_cluster: True for unlabeled members of clusters whose unlabeled share >=
+    purity_ood_thresh (the enhanced outliers).
     """
     cluster_id = np.asarray(cluster_id, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -126,6 +132,21 @@ def assign_cluster_targets(cluster_id: np.ndarray, labels: np.ndarray, num_clust
     return targets, is_ood
 
 
+def outlier_weights(targets: np.ndarray, in_ood_cluster: np.ndarray, enhance_ratio: float) -> np.ndarray:
+    """Weight of each unlabeled sample in the outlier (uniform-CE) term, (N,) -> (N,) floats:
+    0 when it took a class label, ``enhance_ratio`` in an OOD cluster, else 1."""
+    weights = np.where(in_ood_cluster, float(enhance_ratio), 1.0)
+    return np.where(np.asarray(targets) >= 0, 0.0, weights)
+
+
+def cluster_weights(cluster_id: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Per-cluster weight size^-1/2 scaled to mean 1 over non-empty clusters, (num_clusters,);
+    empty clusters get 0."""
+    size = np.bincount(cluster_id, minlength=num_clusters).astype(np.float64)
+    weights = np.where(size > 0, 1.0 / np.sqrt(np.maximum(size, 1.0)), 0.0)
+    return weights / weights[size > 0].mean()
+
+
 def plain_loader(loader: DataLoader, batch_size: int) -> DataLoader:
     """The same images without augmentation, in index order (for feature extraction)."""
     dataset = loader.dataset
@@ -139,10 +160,11 @@ def plain_loader(loader: DataLoader, batch_size: int) -> DataLoader:
 class ClusterState:
     """Per-sample targets of one epoch, indexed by the loaders' ``index``: ID and unlabeled parts."""
 
-    id_cluster: torch.Tensor         # (N_id,) int64
-    unlabeled_target: torch.Tensor   # (N_unl,) int64, -1 = no class target
-    unlabeled_ood: torch.Tensor      # (N_unl,) bool
-    unlabeled_cluster: torch.Tensor  # (N_unl,) int64
+    id_cluster: torch.Tensor              # (N_id,) int64
+    unlabeled_target: torch.Tensor        # (N_unl,) int64, -1 = no class target
+    unlabeled_oe_weight: torch.Tensor     # (N_unl,) float: 0 (labelled), 1, or oe_enhance_ratio
+    unlabeled_cluster: torch.Tensor       # (N_unl,) int64
+    cluster_weight: torch.Tensor          # (num_clusters,) float, aux-loss weight per cluster
 
 
 @register_trainer("udg")
@@ -150,8 +172,8 @@ class UDGTrainer(OutlierTrainerBase):
     """Per-epoch clustering, then CE + lambda_oe * uniform-CE on OOD clusters + lambda_aux * cluster CE.
 
     config.trainer: classifier recipe plus ``num_clusters`` ('auto' or int), ``pca_dim`` (256),
-    ``purity_ind_thresh`` (0.8), ``purity_ood_thresh`` (0.8), ``lambda_oe`` (0.5),
-    ``lambda_aux`` (0.1), ``kmeans_iters`` (20), ``kmeans_minibatch_above`` (50000).
+    ``purity_ind_thresh`` (0.8), ``purity_ood_thresh`` (0.8), ``oe_enhance_ratio`` (2.0),
+    ``lambda_oe`` (0.5), ``lambda_aux`` (0.1), ``kmeans_iters`` (20), ``kmeans_minibatch_above`` (50000).
     The network must have an auxiliary head: ``resnet18_32x32_udg``.
     """
 
@@ -168,6 +190,7 @@ class UDGTrainer(OutlierTrainerBase):
         self.pca_dim = int(cfg.get("pca_dim", 256))
         self.purity_ind_thresh = float(cfg.get("purity_ind_thresh", 0.8))
         self.purity_ood_thresh = float(cfg.get("purity_ood_thresh", 0.8))
+        self.oe_enhance_ratio = float(cfg.get("oe_enhance_ratio", 2.0))
         self.lambda_oe = float(cfg.get("lambda_oe", 0.5))
         self.lambda_aux = float(cfg.get("lambda_aux", 0.1))
         self.kmeans_iters = int(cfg.get("kmeans_iters", 20))
@@ -199,17 +222,19 @@ class UDGTrainer(OutlierTrainerBase):
         cluster_id = kmeans_cluster_ids(points, self.num_clusters, seed=self.seed * 1000 + epoch_idx,
                                         iters=self.kmeans_iters, minibatch_above=self.kmeans_minibatch_above)
         labels = np.concatenate([id_labels, np.full(len(unl_features), -1)])
-        targets, is_ood = assign_cluster_targets(cluster_id, labels, self.num_clusters,
-                                                 self.purity_ind_thresh, self.purity_ood_thresh)
+        targets, in_ood_cluster = assign_cluster_targets(cluster_id, labels, self.num_clusters,
+                                                         self.purity_ind_thresh, self.purity_ood_thresh)
+        oe_weight = outlier_weights(targets[n_id:], in_ood_cluster[n_id:], self.oe_enhance_ratio)
         self.state = ClusterState(
             id_cluster=torch.from_numpy(cluster_id[:n_id]).to(self.device),
             unlabeled_target=torch.from_numpy(targets[n_id:]).to(self.device),
-            unlabeled_ood=torch.from_numpy(is_ood[n_id:]).to(self.device),
+            unlabeled_oe_weight=torch.from_numpy(oe_weight).float().to(self.device),
             unlabeled_cluster=torch.from_numpy(cluster_id[n_id:]).to(self.device),
+            cluster_weight=torch.from_numpy(cluster_weights(cluster_id, self.num_clusters)).float().to(self.device),
         )
         self.net.reset_cluster_head(self.num_clusters)
         return {"unlabeled_with_label": float((targets[n_id:] >= 0).mean()),
-                "unlabeled_ood": float(is_ood[n_id:].mean())}
+                "unlabeled_ood_cluster": float(in_ood_cluster[n_id:].mean())}
 
     # -- training --------------------------------------------------------------------------------
     def losses(self, data, labels, id_index, unl_data, unl_index):
@@ -217,12 +242,14 @@ class UDGTrainer(OutlierTrainerBase):
         state = self.state
         logits, aux_logits = self.net(torch.cat([data, unl_data]), return_aux=True)
         targets = torch.cat([labels, state.unlabeled_target[unl_index]])
-        ood = torch.cat([torch.zeros_like(labels, dtype=torch.bool), state.unlabeled_ood[unl_index]])
-        clusters = torch.cat([state.id_cluster[id_index], state.unlabeled_cluster[unl_index]])
         labelled = targets >= 0
         loss_cls = F.cross_entropy(logits[labelled], targets[labelled])
-        loss_oe = uniform_cross_entropy(logits[ood])
-        loss_aux = F.cross_entropy(aux_logits, clusters)
+        unl_logits, unl_targets = logits[len(labels):], state.unlabeled_target[unl_index]
+        outlier = unl_targets < 0
+        loss_oe = uniform_cross_entropy(unl_logits[outlier], state.unlabeled_oe_weight[unl_index][outlier])
+        clusters = torch.cat([state.id_cluster[id_index], state.unlabeled_cluster[unl_index]])
+        aux_per_sample = F.cross_entropy(aux_logits, clusters, reduction="none")
+        loss_aux = (aux_per_sample * state.cluster_weight[clusters]).mean()
         return loss_cls, loss_oe, loss_aux
 
     def train_epoch(self, epoch_idx: int):
