@@ -1,4 +1,5 @@
 """MOODCAT generator (Algorithm 1) and Cb (Eq. 2) training on tiny CPU problems."""
+import copy
 import csv
 
 import numpy as np
@@ -218,3 +219,37 @@ def test_pseudo_labelled_negatives_never_use_the_pseudo_label(demo_sets):
         assert synth.shape == x_u.shape
     _, metrics = trainer.train_epoch(1)
     assert np.isfinite(metrics["loss"]) and 0 <= metrics["train_acc"] <= 1
+
+
+def test_cb_ext_negatives_make_held_out_outlier_pairs_look_mismatched(demo_sets):
+    """Cb(ext) vs Cb, same init and steps: the pseudo-labelled outlier negatives raise Cb's logit
+    (> 0 = mismatched = OOD) on HELD-OUT outlier patches, while ID matched pairs stay below."""
+    patches = demo_sets["china_patches"]
+    pseudo = type(patches)(patches.name, patches.images, np.arange(len(patches)) % 6)
+    half = len(patches) // 2
+    train_u, test_u = pseudo.subset(np.arange(half)), pseudo.subset(np.arange(half, len(patches)))
+    torch.manual_seed(0)
+    gan, init = _tiny_gan(), ConditionalBinaryClassifier(6, ch=16)
+
+    def trained(unlabeled_loader):
+        torch.manual_seed(1)
+        trainer = MoodcatCbTrainer(copy.deepcopy(init), _loader(demo_sets["digits_train"], 32), _cb_config(), gan,
+                                   unlabeled_loader=unlabeled_loader)
+        trainer.train_epoch(1)
+        return trainer.net.eval(), trainer
+
+    @torch.no_grad()
+    def mean_logits(net, trainer):
+        torch.manual_seed(2)
+        outlier = [net(*trainer.unlabeled_negative_pairs(b)) for b in _loader(test_u, 128, train=False)]
+        matched = []
+        for b in _loader(demo_sets["digits_test"], 128, train=False):
+            x, y = trainer.images_and_labels(b)
+            matched.append(net(x, trainer.synthesize(x, y), y))
+        return torch.cat(outlier).mean().item(), torch.cat(matched).mean().item()
+
+    plain_out, _ = mean_logits(*trained(None))
+    ext_out, ext_matched = mean_logits(*trained(_loader(train_u, 32)))
+    print(f"held-out outlier logit: Cb {plain_out:.3f}, Cb(ext) {ext_out:.3f}; Cb(ext) ID matched {ext_matched:.3f}")
+    assert ext_out > plain_out + 0.2
+    assert ext_matched < ext_out
