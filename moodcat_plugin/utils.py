@@ -31,7 +31,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write_with(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: Path | str) -> None:
@@ -54,7 +54,7 @@ def atomic_write_text(text: str, path: Path | str) -> None:
         with open(tmp, "w") as handle:
             handle.write(text)
 
-    _atomic_write(Path(path), write)
+    atomic_write_with(Path(path), write)
 
 
 def atomic_write_json(obj: Any, path: Path | str) -> None:
@@ -66,7 +66,7 @@ def atomic_savez(path: Path | str, **arrays: np.ndarray) -> None:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
 
-    _atomic_write(Path(path), write)
+    atomic_write_with(Path(path), write)
 
 
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:

@@ -3,10 +3,12 @@ import json
 
 import numpy as np
 import torch
+from PIL import Image
 
 from moodcat_plugin.data import Benchmark, ImageArray
 from moodcat_plugin.evaluation import Evaluator
 from moodcat_plugin.evaluation.leaderboard import write_leaderboard
+from moodcat_plugin.evaluation.plots import bin_edges
 from moodcat_plugin.pipeline import Runner, method_config
 from moodcat_plugin.postprocessors import BasePostprocessor
 
@@ -90,3 +92,14 @@ def test_scores_saved_and_leaderboard_rebuilt_from_disk(make_config):
     markdown = write_leaderboard(runner.results_dir, "demo", "id_positive")
     assert "FPR@95 (ID positive, MOODCAT paper)" in markdown
     assert "| msp |" in markdown and "| ebo |" in markdown
+    picture = runner.results_dir / "score_distributions.png"
+    with Image.open(picture) as image:  # one panel per method, side by side
+        assert image.format == "PNG" and image.width > 1.5 * image.height
+
+
+def test_histogram_edges_clip_extremes_and_survive_constant_scores():
+    bulk = np.linspace(0, 1, 1000)
+    edges = bin_edges([bulk, np.array([1e6])])
+    assert edges[-1] < 2 and edges[0] >= 0 and np.all(np.diff(edges) > 0)
+    constant = bin_edges([np.full(5, 3.0), np.full(5, 3.0)])
+    assert constant[0] < 3.0 < constant[-1]

@@ -2,7 +2,8 @@
 
 Rows are methods (plus one row per recorded component, e.g. ``moodcat:cb``); columns are the
 OOD datasets, near/far means (± standard deviation over datasets) and the ID accuracy of the
-network each method evaluates. Written as Markdown, CSV and JSON under the results folder;
+network each method evaluates. Written as Markdown, CSV and JSON under the results folder
+(with ``score_distributions.png``, ``plots.py``);
 because it is rebuilt from every method folder present, a later run adds or replaces only its
 own rows. Usage: ``python scripts/rebuild_leaderboard.py RESULTS_DIR [--fpr id_positive]``.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 from moodcat_plugin.evaluation.evaluator import ID_TEST
 from moodcat_plugin.evaluation.metrics import FPR_CONVENTIONS, accuracy, ood_metrics
+from moodcat_plugin.evaluation.plots import plot_score_distributions
 from moodcat_plugin.utils import atomic_write_json, atomic_write_text
 
 METRICS = ("AUROC", "FPR@95", "AUPR_IN", "AUPR_OUT")
@@ -39,13 +41,13 @@ def _rows_of_method(folder: Path) -> List[dict]:
     variants.update({f"{meta['method']}:{c}": f"component_{c}" for c in meta.get("components", [])})
     rows = []
     for row_name, key in variants.items():
-        datasets = {}
+        datasets, confs = {}, {ID_TEST: id_scores[key]}
         for group, names in meta["groups"].items():
             for name in names:
-                ood = _load_scores(folder, name)
-                datasets[name] = {"group": group, **ood_metrics(id_scores[key], ood[key])}
+                confs[name] = _load_scores(folder, name)[key]
+                datasets[name] = {"group": group, **ood_metrics(id_scores[key], confs[name])}
         rows.append({"method": row_name, "acc": acc, "outlier_data": meta.get("outlier_data", False),
-                     "network": meta.get("network", ""), "datasets": datasets, "meta": meta})
+                     "network": meta.get("network", ""), "datasets": datasets, "meta": meta, "confs": confs})
     return rows
 
 
@@ -147,7 +149,8 @@ def render_csv(rows: List[dict], convention: str) -> str:
 
 
 def write_leaderboard(results_dir: Path, benchmark: str, convention: str) -> str:
-    """Rebuild the leaderboard from saved scores; write .md/.csv/.json; return the Markdown."""
+    """Rebuild the leaderboard from saved scores; write .md/.csv/.json and the score-distribution
+    plot (one panel per method, components left out); return the Markdown."""
     if convention not in FPR_CONVENTIONS:
         raise ValueError(f"unknown FPR convention '{convention}'; use one of {', '.join(FPR_CONVENTIONS)}")
     rows = collect_rows(results_dir)
@@ -157,8 +160,11 @@ def write_leaderboard(results_dir: Path, benchmark: str, convention: str) -> str
     atomic_write_text(markdown, results_dir / "leaderboard.md")
     atomic_write_text(render_csv(rows, convention), results_dir / "leaderboard.csv")
     atomic_write_json({"benchmark": benchmark, "fpr_convention": convention, "missing": missing,
-                       "rows": [{k: v for k, v in row.items() if k != "meta"} for row in rows]},
+                       "rows": [{k: v for k, v in row.items() if k not in ("meta", "confs")} for row in rows]},
                       results_dir / "leaderboard.json")
+    method_rows = [row for row in rows if row["method"] == row["meta"]["method"]]
+    if method_rows:
+        plot_score_distributions(method_rows, results_dir / "score_distributions.png")
     return markdown
 
 
