@@ -53,7 +53,7 @@ class MCDTrainer(OutlierTrainerBase):
     config.trainer: classifier recipe plus ``lambda_mcd`` (1.0), ``margin`` (1.2) and
     ``discrepancy_fraction`` (0.1). Metrics: ``loss``, ``loss_id`` (sum of both heads' CE),
     ``loss_discrepancy`` (hinge, 0 before the outlier epochs), ``entropy_gap`` (mean
-    H(p1) - H(p2) on outliers, NaN before the outlier epochs).
+    H(p1) - H(p2) on outliers; only in the outlier epochs, so history.json stays valid JSON).
     """
 
     def __init__(self, net, train_loader, train_unlabeled_loader, config):
@@ -94,5 +94,5 @@ class MCDTrainer(OutlierTrainerBase):
             seen += n_id
         metrics = {k: v / max(1, seen) for k, v in sums.items()}
         if not with_outliers:
-            metrics["entropy_gap"] = float("nan")
+            del metrics["entropy_gap"]  # not measured
         return self.net, {"epoch_idx": epoch_idx, **metrics}
