@@ -2,10 +2,10 @@
 
 Rows are methods (plus one row per recorded component, e.g. ``moodcat:cb``); columns are the
 OOD datasets, near/far means (± standard deviation over datasets) and the ID accuracy of the
-network each method evaluates. Written as Markdown, CSV and JSON under the results folder
-(with ``score_distributions.png``, ``plots.py``);
-because it is rebuilt from every method folder present, a later run adds or replaces only its
-own rows. Usage: ``python scripts/rebuild_leaderboard.py RESULTS_DIR [--fpr id_positive]``.
+network each method evaluates. Written as Markdown, CSV and JSON under the results folder, with
+the per-method score histograms of ``plots.py`` as ``score_distributions.png``; because it is
+rebuilt from every method folder present, a later run adds or replaces only its own rows.
+Usage: ``python scripts/rebuild_leaderboard.py RESULTS_DIR [--fpr id_positive]``.
 """
 from __future__ import annotations
 

@@ -169,7 +169,8 @@ class ClusterState:
 
 @register_trainer("udg")
 class UDGTrainer(OutlierTrainerBase):
-    """Per-epoch clustering, then CE + lambda_oe * uniform-CE on OOD clusters + lambda_aux * cluster CE.
+    """Per-epoch clustering, then CE + lambda_oe * uniform-CE on unlabeled images left without a class
+    (x oe_enhance_ratio in OOD clusters) + lambda_aux * cluster CE.
 
     config.trainer: classifier recipe plus ``num_clusters`` ('auto' or int), ``pca_dim`` (256),
     ``purity_ind_thresh`` (0.8), ``purity_ood_thresh`` (0.8), ``oe_enhance_ratio`` (2.0),
