@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
-
 from moodcat_plugin.config import require_keys
 from moodcat_plugin.data.arrays import ImageArray, read_imglist, read_npz
 from moodcat_plugin.errors import DataError
@@ -149,4 +148,3 @@ def _all_specs(splits: Mapping):
         yield splits["outlier"]
     for group in OOD_GROUPS:
         yield from (splits.get(group) or {}).values()
-

@@ -39,13 +39,14 @@ def _rows_of_method(folder: Path) -> List[dict]:
     acc = accuracy(id_scores["pred"], id_scores["label"])
     variants = {meta["method"]: "conf"}
     variants.update({f"{meta['method']}:{c}": f"component_{c}" for c in meta.get("components", [])})
+    groups = {name: group for group, names in meta["groups"].items() for name in names}
+    ood_scores = {name: _load_scores(folder, name) for name in groups}  # read once, used by every row
     rows = []
     for row_name, key in variants.items():
         datasets, confs = {}, {ID_TEST: id_scores[key]}
-        for group, names in meta["groups"].items():
-            for name in names:
-                confs[name] = _load_scores(folder, name)[key]
-                datasets[name] = {"group": group, **ood_metrics(id_scores[key], confs[name])}
+        for name, group in groups.items():
+            confs[name] = ood_scores[name][key]
+            datasets[name] = {"group": group, **ood_metrics(id_scores[key], confs[name])}
         rows.append({"method": row_name, "acc": acc, "outlier_data": meta.get("outlier_data", False),
                      "network": meta.get("network", ""), "datasets": datasets, "meta": meta, "confs": confs})
     return rows
