@@ -23,7 +23,8 @@ from moodcat_plugin.data import Benchmark, load_benchmark, make_loader
 from moodcat_plugin.evaluation import Evaluator, write_leaderboard
 from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, closest_names
 from moodcat_plugin.training import fit, run_folder
-from moodcat_plugin.utils import load_checkpoint, load_state_dict_strict, resolve_device, seed_everything
+from moodcat_plugin.utils import (load_checkpoint, load_state_dict_strict, resolve_device, seed_everything,
+                                  set_num_threads)
 
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -64,9 +65,9 @@ def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] 
                  flags: Optional[dict] = None, config_root: Optional[Path] = None) -> Config:
     """The merged, validated config of a run (see the module docstring for the order)."""
     config_root = Path(config_root or default_config_root())
-    base = load_yaml(config_root / "base.yml")
     dataset = load_yaml(_named_file(config_root, "benchmarks", benchmark))
     profile = profile or dataset.get("default_profile", "cpu")
+    base = select_profile(load_yaml(config_root / "base.yml"), profile, str(config_root / "base.yml"))
     config = merge(base, {"profile": profile, "dataset": dataset})
     for section in ("network", "trainer"):
         name = config[section]["name"]
@@ -144,6 +145,7 @@ class Runner:
     def __init__(self, config: Config):
         self.config = config
         self.config.device = str(resolve_device(config.device))
+        self.threads = set_num_threads(config.num_threads)
         seed_everything(config.seed)
         self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
         self.results_dir = Path(config.output_dir) / config.dataset.name
@@ -154,7 +156,7 @@ class Runner:
     def train_loader(self, cfg) -> torch.utils.data.DataLoader:
         return make_loader(self.benchmark.id["train"], self.benchmark.mean, self.benchmark.std,
                            cfg.trainer.batch_size, train=True, augment=cfg.dataset.get("train_augment", []),
-                           num_workers=cfg.num_workers, seed=cfg.seed)
+                           seed=cfg.seed, device=cfg.device)
 
     def outlier_loader(self, cfg, method: str) -> torch.utils.data.DataLoader:
         if self.benchmark.outlier is None:
@@ -162,8 +164,7 @@ class Runner:
                               "has no outlier set (splits.outlier) or its file is missing")
         return make_loader(self.benchmark.outlier, self.benchmark.mean, self.benchmark.std,
                            cfg.trainer.get("outlier_batch_size", cfg.trainer.batch_size), train=True,
-                           augment=cfg.dataset.get("train_augment", []), num_workers=cfg.num_workers,
-                           seed=cfg.seed + 1)
+                           augment=cfg.dataset.get("train_augment", []), seed=cfg.seed + 1, device=cfg.device)
 
     def network_for(self, cfg, method: str):
         """(net, info) for a method config: loaded checkpoint, cached run or fresh training."""
@@ -172,18 +173,20 @@ class Runner:
         folder = run_folder(cfg, f"{cfg.dataset.name}-{cfg.trainer.name}", key)
         if str(folder) in self._networks:
             return self._networks[str(folder)]
+        seed_everything(cfg.seed)  # initial weights independent of what ran before in this process
         net = build_network(cfg.network, self.benchmark.num_classes).to(cfg.device)
         checkpoint = cfg.network.get("checkpoint")
         if checkpoint and cfg.trainer.name == "base":
             load_state_dict_strict(net, load_checkpoint(checkpoint), f"checkpoint {checkpoint}")
             info = {"network": f"{cfg.network.name} from {checkpoint}", "trainer": None}
         else:
-            seed_everything(cfg.seed)
             loaders = [self.train_loader(cfg)]
             if trainer_cls.uses_outlier_data:
                 loaders.append(self.outlier_loader(cfg, method))
             trainer = trainer_cls(net, *loaders, cfg)
-            result = fit(trainer, folder, progress=cfg.progress, key=key)
+            shared = "" if trainer_cls.uses_outlier_data or cfg.trainer.name != "base" else ", shared by the methods"
+            result = fit(trainer, folder, progress=cfg.progress, key=key,
+                         description=f"classifier {cfg.network.name} ({cfg.trainer.name} trainer{shared})")
             info = {"network": f"{cfg.network.name} (width {cfg.network.get('width', 1)}) trained by "
                                f"'{cfg.trainer.name}' for {cfg.trainer.num_epochs} epochs", "trainer": cfg.trainer.name,
                     "checkpoint": str(folder / "final.ckpt"), "cached": result["cached"]}
@@ -199,7 +202,7 @@ class Runner:
         net, info = self.network_for(cfg, method)
         outlier = info["outlier_data"] or bool(getattr(postprocessor, "uses_outlier_data", False))
         meta = {**info, "outlier_data": outlier, "postprocessor": cfg.postprocessor.name,
-                "profile": cfg.profile, "seed": cfg.seed, "device": cfg.device}
+                "profile": cfg.profile, "seed": cfg.seed, "device": cfg.device, "threads": self.threads}
         if outlier and self.benchmark.outlier is None:
             raise ConfigError(f"method '{method}' needs outlier data, which benchmark '{cfg.dataset.name}' lacks")
         postprocessor.benchmark = self.benchmark

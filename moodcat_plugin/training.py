@@ -1,18 +1,28 @@
-"""Running trainers: atomic per-epoch checkpoints, resume, and a cache keyed by config hash.
+"""Running trainers: atomic per-epoch checkpoints, exact resume, and a cache keyed by config hash.
 
 Layout of one run folder (``<checkpoint_dir>/<name>-<hash>/``, by default
 ``<output_dir>/checkpoints``)::
 
-    last.ckpt      everything to resume (epoch, trainer state, RNG), rewritten atomically each epoch
+    last.ckpt      everything to resume (epoch, trainer state incl. data-stream positions, RNG
+                   states), rewritten atomically after each epoch
     final.ckpt     trained weights of every saved module, written once training ends
     history.json   per-epoch metrics
     config.json    the config sections the hash was computed from
 
-A later run with the same config finds ``final.ckpt`` and trains nothing.
+A later run with the same config finds ``final.ckpt`` and trains nothing. Checkpoints hold only
+tensors and plain Python values and are read with ``torch.load(weights_only=True)``: a file can
+never run code.
+
+Reproducibility: the hash includes the compute setup (:func:`compute_fingerprint`): on CPU the
+number of threads changes the order of floating-point sums inside convolutions, and training
+amplifies the last-bit differences into different models, so a model trained with 2 threads is
+not silently reused by a 1-thread run (or a GPU run). Within one setup a run is deterministic
+on CPU, and an interrupted run resumed from ``last.ckpt`` ends with bit-identical weights.
 """
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict
 
@@ -20,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from moodcat_plugin.config import config_hash
+from moodcat_plugin.errors import UserError
 from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -27,19 +38,57 @@ FINAL = "final.ckpt"
 LAST = "last.ckpt"
 
 
+class TrainingDivergedError(UserError):
+    """A loss became NaN or infinite; nothing of the run is cached."""
+
+
+def compute_fingerprint(device: str | torch.device) -> Dict[str, Any]:
+    """What besides the config decides a trained model: device type, and CPU threads on CPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return {"device": "cpu", "threads": torch.get_num_threads()}
+    return {"device": device.type}
+
+
 def run_folder(config, name: str, *key_sections: Any) -> Path:
-    """Folder for a training run identified by the hash of ``key_sections``, under the config's
-    ``checkpoint_dir`` (default ``<output_dir>/checkpoints``)."""
+    """Folder for a training run identified by the hash of ``key_sections`` and the compute
+    setup, under the config's ``checkpoint_dir`` (default ``<output_dir>/checkpoints``)."""
     root = config.get("checkpoint_dir") or Path(config.output_dir) / "checkpoints"
-    return Path(root) / f"{name}-{config_hash(*key_sections)}"
+    compute = compute_fingerprint(config.get("device", "cpu"))
+    return Path(root) / f"{name}-{config_hash(*key_sections, compute)}"
 
 
-def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None) -> Dict:
+def rng_state() -> Dict[str, Any]:
+    """Torch's global RNG states (CPU, and every CUDA device when CUDA is initialised)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_finite(metrics: Dict[str, Any], run_dir: Path, epoch: int) -> None:
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise TrainingDivergedError(
+            f"training in {run_dir} diverged in epoch {epoch} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+            "nothing was cached: lower the learning rate (e.g. --set trainer.lr=...) and run again")
+
+
+def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None,
+        description: str | None = None) -> Dict:
     """Train ``trainer`` for ``trainer.num_epochs`` epochs in ``run_dir``, resuming if possible.
 
     Returns ``{'history': [...], 'resumed_from': epoch or 0, 'cached': bool}``. When
-    ``final.ckpt`` exists the weights are loaded and nothing is trained.
+    ``final.ckpt`` exists the weights are loaded and nothing is trained. A non-finite metric
+    stops training with :class:`TrainingDivergedError` before that epoch is saved.
     ``stop_after_epochs`` ends the call early (as an interruption would), for tests.
+    ``description`` names the run on the progress bar (default: the folder name).
     """
     run_dir = Path(run_dir)
     modules = trainer.modules_to_save()
@@ -56,19 +105,21 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     if (run_dir / LAST).is_file():
         last = load_checkpoint(run_dir / LAST)
         trainer.load_state_dict(last["trainer"])
-        torch.set_rng_state(last["rng"])
+        set_rng_state(last["rng"])
         start_epoch, history = last["epoch"], last["history"]
-        log.info("resuming %s from epoch %d", run_dir.name, start_epoch)
+        log.info("resuming %s from epoch %d", description or run_dir.name, start_epoch)
     if key is not None:
         atomic_write_json(key, run_dir / "config.json")
 
-    epochs = tqdm(range(start_epoch, trainer.num_epochs), desc=f"training {run_dir.name}",
-                  disable=not progress, initial=start_epoch, total=trainer.num_epochs)
+    epochs = tqdm(range(start_epoch, trainer.num_epochs), desc=f"training {description or run_dir.name}",
+                  disable=not progress, initial=start_epoch, total=trainer.num_epochs, unit="epoch")
     for epoch in epochs:
         _, metrics = trainer.train_epoch(epoch + 1)
-        history.append({k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()})
+        metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
+        _check_finite(metrics, run_dir, epoch + 1)
+        history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['loss']:.4f}")
-        atomic_torch_save({"epoch": epoch + 1, "trainer": trainer.state_dict(), "rng": torch.get_rng_state(),
+        atomic_torch_save({"epoch": epoch + 1, "trainer": trainer.state_dict(), "rng": rng_state(),
                            "history": history}, run_dir / LAST)
         atomic_write_json(history, run_dir / "history.json")
         if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < trainer.num_epochs:

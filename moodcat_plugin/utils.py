@@ -25,6 +25,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at import: OMP_NUM_THREADS, else physical cores
+
+
+def set_num_threads(setting) -> int:
+    """Apply ``num_threads`` (``'auto'`` = torch's default, or an int >= 1); return the count."""
+    threads = DEFAULT_THREADS if setting == "auto" else int(setting)
+    if threads < 1:
+        raise ConfigError(f"num_threads must be 'auto' or an integer >= 1, got {setting!r}")
+    torch.set_num_threads(threads)
+    return threads
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -70,16 +82,19 @@ def atomic_savez(path: Path | str, **arrays: np.ndarray) -> None:
 
 
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
-    """Load a torch checkpoint; a truncated or foreign file raises CheckpointError."""
+    """Load a torch checkpoint WEIGHTS-ONLY (tensors and plain Python values; never unpickles
+    code, so a crafted file cannot run anything); a truncated, foreign or code-carrying file
+    raises CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        reason = " ".join(str(exc).split())[:200]
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
-            "delete it to retrain, or point to a valid file"
+            f"checkpoint {path} is corrupt, unreadable or holds more than weights ({type(exc).__name__}: "
+            f"{reason}); delete it to retrain, or point to a file of tensors only (a state dict)"
         ) from exc
 
 

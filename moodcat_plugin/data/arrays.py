@@ -97,3 +97,19 @@ def read_imglist(listfile: Path, image_root: Path, name: str, image_size: int = 
     if not images:
         raise DataError(f"{listfile} lists no images")
     return ImageArray(name, np.stack(images), np.asarray(labels, dtype=np.int64))
+
+
+def stratified_holdout(array: ImageArray, fraction: float, seed: int) -> tuple:
+    """Split ``array`` into (kept, held_out): a seeded ``fraction`` of every class held out.
+
+    ``fraction`` 0 returns (array, array): nothing is held out and both parts are everything.
+    """
+    if fraction <= 0:
+        return array, array
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(array), dtype=bool)
+    for label in np.unique(array.labels):
+        members = rng.permutation(np.flatnonzero(array.labels == label))
+        held[members[:int(round(fraction * len(members)))]] = True
+    return (array.subset(np.flatnonzero(~held), f"{array.name}_kept"),
+            array.subset(np.flatnonzero(held), f"{array.name}_held_out"))

@@ -53,16 +53,16 @@ class Evaluator:
 
     def _loader(self, array):
         return make_loader(array, self.benchmark.mean, self.benchmark.std, self.config.eval_batch_size,
-                           num_workers=self.config.num_workers)
+                           device=self.device)
 
     # -- scoring ---------------------------------------------------------------------------
     @torch.no_grad()
     def _cached_logits(self, net, loader) -> Tuple[torch.Tensor, torch.Tensor]:
-        key = (id(net), loader.dataset.name)
+        key = (id(net), loader.name)
         if key not in self._logits:
             net.eval()
             logits, labels = [], []
-            for batch in tqdm(loader, desc=f"logits {loader.dataset.name}", disable=not self.progress, leave=False):
+            for batch in tqdm(loader, desc=f"logits {loader.name}", disable=not self.progress, leave=False):
                 logits.append(net(batch["data"].to(self.device)).cpu())
                 labels.append(batch["label"])
             self._logits[key] = (torch.cat(logits), torch.cat(labels))
@@ -76,7 +76,7 @@ class Evaluator:
             pred, conf = postprocessor.postprocess_logits(logits)
             return ScoreSet(pred.numpy(), conf.numpy(), labels.numpy())
         preds, confs, labels, components = [], [], [], {}
-        for batch in tqdm(loader, desc=f"scoring {loader.dataset.name}", disable=not self.progress, leave=False):
+        for batch in tqdm(loader, desc=f"scoring {loader.name}", disable=not self.progress, leave=False):
             postprocessor.last_components = {}
             pred, conf = postprocessor.postprocess(net, batch["data"].to(self.device))
             preds.append(pred.detach().cpu())

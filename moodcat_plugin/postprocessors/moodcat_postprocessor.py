@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from moodcat_plugin.config import Config
 from moodcat_plugin.data import ImageArray, make_loader
+from moodcat_plugin.data.arrays import stratified_holdout
 from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.images import save_triplet_grid, to_signed_unit
@@ -139,7 +140,7 @@ class MoodcatPostprocessor(BasePostprocessor):
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
         net.eval()
         if self.gan is None:
-            self.gan, gan_key = self._train_gan(id_loader_dict)
+            self.gan, gan_key = self._train_gan(net, id_loader_dict)
             cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key)
                    for variant in self.scorer_names if variant in CB_SCORERS}
             self.scorer_modules = self._build_scorers(cbs)
@@ -160,17 +161,25 @@ class MoodcatPostprocessor(BasePostprocessor):
     def _num_classes(self) -> int:
         return int(self.config.dataset.num_classes)
 
-    def _train_loader(self, id_loader_dict, batch_size: int, seed: int):
-        """ID train images with the benchmark's train augmentation (bare OpenOOD use: its loader)."""
+    def _train_loader(self, id_loader_dict, section, seed: int, part: str):
+        """ID train images for the generator (``part='gan'``) or Cb (``'cb'``), with the batch
+        size and augmentation of the ``gan``/``cb`` section (not the classifier's crop:
+        zero-padded crops put black borders no test image has into 98 % of the training images).
+        With ``gan.holdout_for_cb`` = f > 0, a stratified f of the images is kept from the
+        generator and is all Cb trains on, so Cb learns from syntheses of unseen images, as at
+        test time. Bare OpenOOD use: its own train loader as it is."""
         if self.benchmark is None:
             return id_loader_dict["train"]
-        return make_loader(self.benchmark.id["train"], self.benchmark.mean, self.benchmark.std, int(batch_size),
-                           train=True, augment=self.config.dataset.get("train_augment", []),
-                           num_workers=self.config.get("num_workers", 0), seed=seed)
+        kept, held_out = stratified_holdout(self.benchmark.id["train"], float(self.config.gan.holdout_for_cb),
+                                            int(self.config.get("seed", 0)))
+        return make_loader(kept if part == "gan" else held_out, self.benchmark.mean, self.benchmark.std,
+                           int(section.batch_size), train=True, augment=section.augment, seed=seed,
+                           device=self.device)
 
-    def _fit(self, trainer, name: str, key: dict) -> dict:
+    def _fit(self, trainer, name: str, key: dict, description: str) -> dict:
         folder = run_folder(self.config, f"{self.config.dataset.name}-{name}", key)
-        result = fit(trainer, folder, progress=bool(self.config.get("progress", True)), key=key)
+        result = fit(trainer, folder, progress=bool(self.config.get("progress", True)), key=key,
+                     description=description)
         info = {"folder": str(folder), "cached": result["cached"]}
         last = (result.get("history") or [{}])[-1]
         info.update({k: v for k, v in last.items() if k in ("loss", "train_acc", "val_acc")})
@@ -180,42 +189,49 @@ class MoodcatPostprocessor(BasePostprocessor):
     def _gan_key(self) -> dict:
         cfg = self.config
         return {"benchmark": cfg.dataset.name, "gan_network": cfg.gan_network, "gan": cfg.gan,
-                "seed": cfg.get("seed", 0), "train_augment": cfg.dataset.get("train_augment", []),
+                "seed": cfg.get("seed", 0),
                 "train_source": "benchmark" if self.benchmark is not None else "id_loader_dict"}
 
-    def _train_gan(self, id_loader_dict):
+    def _classifier_key(self) -> dict:
+        """Identity of the classifier, for the runs that depend on it (pseudo-labels, class consistency)."""
+        return {"classifier_network": self.config.get("network"), "classifier_trainer": self.config.get("trainer")}
+
+    def _train_gan(self, net, id_loader_dict):
         cfg = self.config
         kwargs = {k: v for k, v in cfg.gan_network.items() if k not in ("name", "checkpoint")}
+        torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights independent of what ran before
         gan = NETWORKS.get(cfg.gan_network.get("name", "moodcat_gan"))(num_classes=self._num_classes(), **kwargs)
         gan = gan.to(self.device)
-        torch.manual_seed(int(cfg.get("seed", 0)))
-        loader = self._train_loader(id_loader_dict, cfg.gan.batch_size, int(cfg.get("seed", 0)))
-        trainer = TRAINERS.get(cfg.gan.name)(gan, loader, self._section_config("gan"))
-        key = self._gan_key()
-        self._fit(trainer, "moodcat_gan", key)
+        loader = self._train_loader(id_loader_dict, cfg.gan, int(cfg.get("seed", 0)), "gan")
+        uses_classifier = float(cfg.gan.get("class_consistency_weight", 0)) > 0
+        trainer = TRAINERS.get(cfg.gan.name)(gan, loader, self._section_config("gan"),
+                                             classifier=net if uses_classifier else None)
+        key = {**self._gan_key(), **(self._classifier_key() if uses_classifier else {})}
+        self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
         return gan.eval().requires_grad_(False), key
 
     def _train_cb(self, variant: str, net, id_loader_dict, gan_key: dict) -> torch.nn.Module:
         cfg = self.config
-        cb = ConditionalBinaryClassifier(self._num_classes(), ch=int(cfg.cb_network.ch)).to(self.device)
         torch.manual_seed(int(cfg.get("seed", 0)) + 1)
-        loader = self._train_loader(id_loader_dict, cfg.cb.batch_size, int(cfg.get("seed", 0)) + 1)
+        cb = ConditionalBinaryClassifier(self._num_classes(), ch=int(cfg.cb_network.ch)).to(self.device)
+        loader = self._train_loader(id_loader_dict, cfg.cb, int(cfg.get("seed", 0)) + 1, "cb")
         key = {"gan": gan_key, "cb_network": cfg.cb_network, "cb": cfg.cb, "variant": variant}
         unlabeled = None
         if variant == "cb_ext":
             # extra negatives: outliers pseudo-labelled by the classifier, so key on the classifier too
             key.update({"outlier_set": getattr(getattr(self.benchmark, "outlier", None), "name", None),
-                        "classifier_network": cfg.get("network"), "classifier_trainer": cfg.get("trainer")})
+                        **self._classifier_key()})
             folder = run_folder(cfg, f"{cfg.dataset.name}-moodcat_{variant}", key)
             if not (folder / FINAL).is_file():  # cached runs need no pseudo-labels
                 outliers = self._pseudo_labelled_outliers(net)
                 unlabeled = make_loader(outliers, self.mean, self.std,
                                         int(cfg.cb.get("outlier_batch_size", cfg.cb.batch_size)), train=True,
-                                        augment=cfg.dataset.get("train_augment", []),
-                                        num_workers=cfg.get("num_workers", 0), seed=int(cfg.get("seed", 0)) + 2)
+                                        augment=cfg.cb.augment, seed=int(cfg.get("seed", 0)) + 2,
+                                        device=self.device)
         trainer = TRAINERS.get(cfg.cb.name)(cb, loader, self._section_config("cb"), generator=self.gan,
                                             unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"))
-        self._fit(trainer, f"moodcat_{variant}", key)
+        what = "with pseudo-labelled outliers" if variant == "cb_ext" else "on ID pairs"
+        self._fit(trainer, f"moodcat_{variant}", key, f"MOODCAT {variant} (conditional binary classifier, {what})")
         return cb.eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -225,7 +241,8 @@ class MoodcatPostprocessor(BasePostprocessor):
         if outlier is None:
             raise ConfigError("cb_variants includes cb_ext (Cb trained with extra outlier data), but no outlier set "
                               "is available: use a benchmark with splits.outlier, or cb_variants: [cb]")
-        loader = make_loader(outlier, self.mean, self.std, int(self.config.get("eval_batch_size", 256)))
+        loader = make_loader(outlier, self.mean, self.std, int(self.config.get("eval_batch_size", 256)),
+                             device=self.device)
         preds = [net(batch["data"].to(self.device)).argmax(dim=1).cpu()
                  for batch in tqdm(loader, desc="pseudo-labelling outliers", leave=False,
                                    disable=not self.config.get("progress", True))]

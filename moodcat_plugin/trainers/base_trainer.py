@@ -3,8 +3,11 @@
 Contract: ``__init__(net, train_loader, config)`` (trainers with outlier data take
 ``(net, train_loader, train_unlabeled_loader, config)``), ``train_epoch(epoch_idx) ->
 (net, metrics)`` with metrics holding at least ``epoch_idx`` and ``loss``. Our addition:
-``state_dict()`` / ``load_state_dict()`` covering everything needed to resume (weights,
-optimiser, schedule), used by :func:`moodcat_plugin.training.fit` for atomic checkpoints.
+``state_dict()`` / ``load_state_dict()`` covering everything needed to resume exactly (weights,
+optimiser, schedule, and the position of every resumable data stream, see
+:class:`~moodcat_plugin.data.loaders.ShuffledBatches`), used by
+:func:`moodcat_plugin.training.fit` for atomic checkpoints. Loaders without a position (a plain
+``DataLoader``, as OpenOOD passes in) still train, but resume at the start of a fresh pass.
 """
 from __future__ import annotations
 
@@ -37,14 +40,23 @@ class BaseTrainer:
     def optimizers(self) -> dict:
         return {}
 
+    def data_streams(self) -> dict:
+        """Named batch sources whose position is part of the checkpoint (those that have one)."""
+        return {"train": self.train_loader}
+
     def state_dict(self) -> dict:
         state = {name: module.state_dict() for name, module in self.modules_to_save().items()}
         state.update({name: opt.state_dict() for name, opt in self.optimizers().items()})
+        state["data"] = {name: stream.state_dict() for name, stream in self.data_streams().items()
+                         if hasattr(stream, "state_dict")}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         for name, obj in {**self.modules_to_save(), **self.optimizers()}.items():
             obj.load_state_dict(state[name])
+        for name, stream in self.data_streams().items():
+            if name in state.get("data", {}):
+                stream.load_state_dict(state["data"][name])
 
     def progress(self, iterable, desc: str, total: int | None = None):
         """Per-step progress bar (hidden when ``config.progress`` is false)."""
@@ -57,14 +69,22 @@ class BaseTrainer:
         raise NotImplementedError
 
 
+def endless(loader):
+    """An endless batch source over ``loader``: our resumable ShuffledBatches as it is, any other
+    iterable (e.g. OpenOOD's DataLoader) cycled by :class:`CyclingBatches`."""
+    return loader if hasattr(loader, "start_pass") else CyclingBatches(loader)
+
+
 class CyclingBatches:
-    """Endless batches from a loader: a new (reshuffled) pass starts whenever one runs out."""
+    """Endless batches from any loader: a new (reshuffled) pass starts whenever one runs out.
+    Has no resumable position (see :class:`~moodcat_plugin.data.loaders.ShuffledBatches`)."""
 
     def __init__(self, loader):
         self.loader = loader
         self._iterator = None
 
-    def restart(self) -> None:
+    def start_pass(self, pass_index: int = 0) -> None:
+        """Start a fresh pass (the index is meaningless for a plain loader)."""
         self._iterator = iter(self.loader)
 
     def __iter__(self):
@@ -72,11 +92,11 @@ class CyclingBatches:
 
     def __next__(self) -> dict:
         if self._iterator is None:
-            self.restart()
+            self.start_pass()
         try:
             return next(self._iterator)
         except StopIteration:
-            self.restart()
+            self.start_pass()
             return next(self._iterator)
 
     next = __next__
@@ -89,7 +109,10 @@ class StepTrainer(BaseTrainer):
     def __init__(self, net, train_loader, config):
         super().__init__(net, train_loader, config)
         self.step = 0
-        self.batches = CyclingBatches(train_loader)
+        self.batches = endless(train_loader)
+
+    def data_streams(self) -> dict:
+        return {"train": self.batches}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "step": self.step}

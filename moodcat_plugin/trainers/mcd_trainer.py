@@ -69,7 +69,7 @@ class MCDTrainer(OutlierTrainerBase):
     def train_epoch(self, epoch_idx: int):
         self.net.train()
         with_outliers = self.uses_outliers_in(epoch_idx)
-        self.outliers.restart()
+        self.outliers.start_pass(epoch_idx - 1)
         sums = {"loss": 0.0, "loss_id": 0.0, "loss_discrepancy": 0.0, "entropy_gap": 0.0}
         seen = 0
         for batch in self.progress(self.train_loader, f"epoch {epoch_idx}"):

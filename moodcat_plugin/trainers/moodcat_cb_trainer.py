@@ -35,7 +35,7 @@ from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.trainers.base_trainer import CyclingBatches, StepTrainer, batch_to
+from moodcat_plugin.trainers.base_trainer import StepTrainer, batch_to, endless
 
 VAL_SEED = 4321
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
@@ -82,11 +82,17 @@ class MoodcatCbTrainer(StepTrainer):
         self.val_loader = val_loader
         self.optimizer = torch.optim.Adam(net.parameters(), lr=float(self.args["lr"]),
                                           betas=tuple(float(b) for b in self.args["betas"]))
-        self._unlabeled_batches = CyclingBatches(unlabeled_loader) if unlabeled_loader else None
+        self._unlabeled_batches = endless(unlabeled_loader) if unlabeled_loader else None
 
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
+
+    def data_streams(self) -> dict:
+        streams = super().data_streams()
+        if self._unlabeled_batches is not None:
+            streams["unlabeled"] = self._unlabeled_batches
+        return streams
 
     # -- pairs ---------------------------------------------------------------------------------
     def images_and_labels(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +146,7 @@ class MoodcatCbTrainer(StepTrainer):
     def train_epoch(self, epoch_idx: int):
         steps = self.steps_per_epoch()
         loss_sum, correct, total = 0.0, 0, 0
-        for _ in range(steps):
+        for _ in self.progress(range(steps), f"Cb epoch {epoch_idx}"):
             row = self.train_step()
             loss_sum += row["loss"]
             correct += row["correct"]

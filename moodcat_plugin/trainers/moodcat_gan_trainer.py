@@ -19,6 +19,8 @@ Per step, with ``x`` the batch in [-1,1] and ``y`` its true labels:
    ``[0, data_range]``, so both images are mapped [-1,1] -> [0,1] and ``data_range=1``; this is
    exactly SSIM on [-1,1] images with data range 2. The batch-mean SSIM is clamped to >= 1e-4
    before the log (it can be <= 0 early in training).
+   Variant (not in the paper, off by default): ``class_consistency_weight * CE(C(x'), y)``
+   through the FROZEN classifier C (passed as ``classifier=``), so that the label changes x'.
 5. EMA of the decoder into ``decoder_ema`` when ``ema_decay`` is set (with the usual warm-up
    ``min(ema_decay, (1+step)/(10+step))`` so short runs get a useful average); without it the EMA
    decoder is kept an exact copy.
@@ -44,7 +46,7 @@ import piq
 import torch
 import torch.nn.functional as F
 
-from moodcat_plugin.moodcat.images import save_triplet_grid, to_signed_unit
+from moodcat_plugin.moodcat.images import from_signed_unit, save_triplet_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, apply_mask, box_mask
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.registry import register_trainer
@@ -59,10 +61,12 @@ SAMPLE_IMAGES = 8
 SAMPLE_MASK_SEED = 1234
 LOSS_COLUMNS = ("step", "epoch", "d_loss", "d_real", "d_fake", "d_cutmix", "cutmix_used",
                 "g_loss", "g_adv", "kl", "ssim", "mse", "l1", "recon")
+EPOCH_MEANS = ("d_loss", "g_loss", "g_adv", "kl", "ssim", "mse", "l1", "recon", "class_consistency")
 DEFAULTS = {
     "steps_per_epoch": None, "lr_g": 5e-5, "lr_d": 2e-4, "betas": (0.0, 0.999), "kl_weight": 2.0,
     "ssim_weight": 5.0, "mse_weight": 3.0, "l1_weight": 2.0, "cutmix": True,
     "cutmix_warmup_epochs": 200, "ema_decay": None, "sample_every": 500, "log_every": 50,
+    "class_consistency_weight": 0.0,
 }
 
 
@@ -108,9 +112,10 @@ def random_cutmix_masks(batch: int, size: int, device: torch.device) -> torch.Te
 class MoodcatGANTrainer(StepTrainer):
     """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
 
-    def __init__(self, net: MoodcatGAN, train_loader, config):
+    def __init__(self, net: MoodcatGAN, train_loader, config, classifier: Optional[torch.nn.Module] = None):
         super().__init__(net, train_loader, config)
         self.args = {**DEFAULTS, **config.trainer}
+        self.classifier = self._frozen_classifier(classifier)
         self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
         betas = tuple(float(b) for b in self.args["betas"])
         self.opt_g = torch.optim.Adam(net.generator_parameters(), lr=float(self.args["lr_g"]), betas=betas)
@@ -119,6 +124,14 @@ class MoodcatGANTrainer(StepTrainer):
         self._sample_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self._tb = None
         self._tb_tried = False
+
+    def _frozen_classifier(self, classifier: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
+        """The classifier for the class-consistency term (variant), frozen; None when unused."""
+        if float(self.args["class_consistency_weight"]) <= 0:
+            return None
+        if classifier is None:
+            raise ValueError("class_consistency_weight > 0 needs the classifier (MoodcatGANTrainer(..., classifier=net))")
+        return classifier.eval().requires_grad_(False)
 
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
@@ -129,6 +142,14 @@ class MoodcatGANTrainer(StepTrainer):
         """Next (x in [-1,1] ``[B,3,32,32]``, y ``[B]``), cycling the loader endlessly."""
         data, labels = batch_to(next(self.batches), self.device)
         return to_signed_unit(data, self.mean, self.std), labels
+
+    def fixed_sample_batch(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images for the sample grids: the first batch of the first pass when the stream can
+        replay it (the same grids after a resume), else the given batch."""
+        if hasattr(self.batches, "batch_at"):
+            data, labels = batch_to(self.batches.batch_at(0, 0), self.device)
+            x, y = to_signed_unit(data, self.mean, self.std), labels
+        return x[:SAMPLE_IMAGES].clone(), y[:SAMPLE_IMAGES].clone()
 
     def cutmix_probability(self, epoch_idx: int) -> float:
         """Probability of a CutMix discriminator term: ``0.5 * min(1, epoch / warmup)``."""
@@ -167,8 +188,17 @@ class MoodcatGANTrainer(StepTrainer):
         recon = (float(a["ssim_weight"]) * rec["neg_log_ssim"] + float(a["mse_weight"]) * rec["mse"]
                  + float(a["l1_weight"]) * rec["l1"])
         loss = adv + float(a["kl_weight"]) * kl + recon
-        return {"g_loss": loss, "g_adv": adv, "kl": kl, "ssim": rec["ssim"], "mse": rec["mse"],
-                "l1": rec["l1"], "recon": recon}
+        losses = {"g_loss": loss, "g_adv": adv, "kl": kl, "ssim": rec["ssim"], "mse": rec["mse"],
+                  "l1": rec["l1"], "recon": recon}
+        if self.classifier is not None:
+            losses["class_consistency"] = self.class_consistency(fake, y)
+            losses["g_loss"] = loss + float(a["class_consistency_weight"]) * losses["class_consistency"]
+        return losses
+
+    def class_consistency(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """CE of the frozen classifier on the synthesis against its condition: pushes x' to look
+        like class y to the classifier, so the label changes the synthesis (variant, not in the paper)."""
+        return F.cross_entropy(self.classifier(from_signed_unit(fake, self.mean, self.std)), y)
 
     # -- one step ------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch_idx: int) -> Dict[str, float]:
@@ -212,17 +242,18 @@ class MoodcatGANTrainer(StepTrainer):
         sums: Dict[str, float] = {}
         steps = self.steps_per_epoch()
         with self.loss_log() as writer:
-            for _ in range(steps):
+            for _ in self.progress(range(steps), f"GAN epoch {epoch_idx}"):
                 x, y = self.next_batch()
                 if self._sample_batch is None:
-                    self._sample_batch = (x[:SAMPLE_IMAGES].clone(), y[:SAMPLE_IMAGES].clone())
+                    self._sample_batch = self.fixed_sample_batch(x, y)
                 row = self.train_step(x, y, epoch_idx)
                 if writer is not None:
                     writer.writerow([row[c] for c in LOSS_COLUMNS])
                 self.log_tensorboard(row)
                 self.maybe_save_samples()
-                for key in ("d_loss", "g_loss", "g_adv", "kl", "ssim", "mse", "l1", "recon"):
-                    sums[key] = sums.get(key, 0.0) + row[key]
+                for key in EPOCH_MEANS:
+                    if key in row:
+                        sums[key] = sums.get(key, 0.0) + row[key]
         means = {key: value / steps for key, value in sums.items()}
         if not all(math.isfinite(v) for v in means.values()):
             log.warning("non-finite GAN losses in epoch %d: %s", epoch_idx, means)

@@ -6,8 +6,8 @@ over their concatenation, and minimises::
     CE(logits_id, labels) + lambda_oe * CE(logits_outlier, uniform)
 
 where CE to the uniform distribution is ``mean_c(-log softmax(z)_c) = logsumexp(z) - mean_c(z)``
-(>= log C, equal when the outlier logits are all equal). The outlier loader restarts each epoch
-and is cycled when it runs out before the ID loader. Reference values (OpenOOD): lambda_oe 0.5,
+(>= log C, equal when the outlier logits are all equal). The outlier stream starts a new pass each epoch
+(pass = epoch - 1) and is cycled when it runs out before the ID loader. Reference values (OpenOOD): lambda_oe 0.5,
 outlier batch 256 next to an ID batch of 128. Evaluated with MSP (``configs/postprocessors/oe.yml``).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.trainers.base_trainer import BaseTrainer, CyclingBatches, batch_to, sgd_with_cosine
+from moodcat_plugin.trainers.base_trainer import BaseTrainer, batch_to, endless, sgd_with_cosine
 
 
 def uniform_cross_entropy(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,12 +41,15 @@ class OutlierTrainerBase(BaseTrainer):
     def __init__(self, net, train_loader, train_unlabeled_loader, config):
         super().__init__(net, train_loader, config)
         self.train_unlabeled_loader = train_unlabeled_loader
-        self.outliers = CyclingBatches(train_unlabeled_loader)
+        self.outliers = endless(train_unlabeled_loader)
         total = self.num_epochs * self.steps_per_epoch()
         self.optimizer, self.scheduler = sgd_with_cosine(net.parameters(), config.trainer, total)
 
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer, "scheduler": self.scheduler}
+
+    def data_streams(self) -> dict:
+        return {"train": self.train_loader, "outliers": self.outliers}
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -75,7 +78,7 @@ class OETrainer(OutlierTrainerBase):
 
     def train_epoch(self, epoch_idx: int):
         self.net.train()
-        self.outliers.restart()
+        self.outliers.start_pass(epoch_idx - 1)
         sums = {"loss": 0.0, "loss_id": 0.0, "loss_oe": 0.0}
         seen = 0
         for batch in self.progress(self.train_loader, f"epoch {epoch_idx}"):

@@ -35,14 +35,12 @@ ids change meaning. Evaluated with MSP on the class logits.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import register_trainer
@@ -147,15 +145,6 @@ def cluster_weights(cluster_id: np.ndarray, num_clusters: int) -> np.ndarray:
     return weights / weights[size > 0].mean()
 
 
-def plain_loader(loader: DataLoader, batch_size: int) -> DataLoader:
-    """The same images without augmentation, in index order (for feature extraction)."""
-    dataset = loader.dataset
-    if hasattr(dataset, "augment"):
-        dataset = copy.copy(dataset)
-        dataset.augment = ()
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader.num_workers)
-
-
 @dataclass
 class ClusterState:
     """Per-sample targets of one epoch, indexed by the loaders' ``index``: ID and unlabeled parts."""
@@ -202,10 +191,10 @@ class UDGTrainer(OutlierTrainerBase):
 
     # -- clustering ------------------------------------------------------------------------------
     @torch.no_grad()
-    def extract(self, loader: DataLoader) -> Tuple[np.ndarray, np.ndarray]:
+    def extract(self, loader) -> Tuple[np.ndarray, np.ndarray]:
         """Penultimate features (N, D) and labels (N,) of a loader's images in index order."""
         features, labels, indices = [], [], []
-        for batch in plain_loader(loader, self.feature_batch_size):
+        for batch in loader.plain(self.feature_batch_size):
             _, feature = self.net(batch["data"].to(self.device), return_feature=True)
             features.append(feature.float().cpu())
             labels.append(batch["label"])
@@ -256,7 +245,7 @@ class UDGTrainer(OutlierTrainerBase):
     def train_epoch(self, epoch_idx: int):
         cluster_stats = self.run_clustering(epoch_idx)
         self.net.train()
-        self.outliers.restart()
+        self.outliers.start_pass(epoch_idx - 1)
         sums = {"loss": 0.0, "loss_cls": 0.0, "loss_oe": 0.0, "loss_aux": 0.0}
         seen = 0
         for batch in self.progress(self.train_loader, f"epoch {epoch_idx}"):

@@ -1,0 +1,249 @@
+"""Trustworthy training runs: weights-only checkpoints, exact resume, seeded data streams,
+divergence stops, and a cache keyed on what changes results."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moodcat_plugin.cli import main
+from moodcat_plugin.config import Config
+from moodcat_plugin.data import ShuffledBatches, make_loader
+from moodcat_plugin.data.demo import build_demo_sets
+from moodcat_plugin.data.loaders import random_crops
+from moodcat_plugin.errors import CheckpointError
+from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
+from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
+from moodcat_plugin.pipeline import Runner, build_network, method_config
+from moodcat_plugin.registry import TRAINERS
+from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
+from moodcat_plugin.trainers.moodcat_gan_trainer import MoodcatGANTrainer
+from moodcat_plugin.training import TrainingDivergedError, fit, run_folder
+from moodcat_plugin.utils import load_checkpoint
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch(marker): what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _malicious_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"modules": {"net": _RunsCode(marker)}, "state_dict": _RunsCode(marker)}, path)
+    with open(path, "rb") as handle:  # the payload is really there: plain pickle would run it
+        assert b"touch" in handle.read()
+    return path
+
+
+def test_malicious_checkpoint_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = _malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(CheckpointError, match="holds more than weights"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_malicious_network_checkpoint_and_cached_final_run_nothing(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = _malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    common = ["-p", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress", "--output-dir", str(tmp_path / "out")]
+    assert main([*common, "--set", f"network.checkpoint={evil}"]) == 2
+    assert "holds more than weights" in capsys.readouterr().err and not marker.exists()
+    # a crafted final.ckpt planted in the cache folder of the run
+    assert main(common) == 0
+    final = next((tmp_path / "out" / "checkpoints").glob("demo-base-*/final.ckpt"))
+    _malicious_checkpoint(final, marker)
+    assert main(common) == 2
+    assert not marker.exists()
+
+
+# -- data streams ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_sets():
+    return build_demo_sets(0)
+
+
+def test_stream_batches_depend_only_on_seed_and_position(demo_sets):
+    array = demo_sets["digits_train"]
+    first = ShuffledBatches(array, MEAN, STD, 16, augment=["crop", "flip"], seed=3)
+    second = ShuffledBatches(array, MEAN, STD, 16, augment=["crop", "flip"], seed=3)
+    for _ in range(len(first) + 5):  # consume across a pass boundary
+        first.next()
+    second.load_state_dict(first.state_dict())
+    for _ in range(3):
+        a, b = first.next(), second.next()
+        assert torch.equal(a["data"], b["data"]) and torch.equal(a["index"], b["index"])
+    other_seed = ShuffledBatches(array, MEAN, STD, 16, augment=["crop", "flip"], seed=4)
+    assert not torch.equal(other_seed.batch_at(0, 0)["index"], first.batch_at(0, 0)["index"])
+    # one pass visits every image once (drop_last of the partial batch aside)
+    seen = torch.cat([batch["index"] for batch in ShuffledBatches(array, MEAN, STD, 16, seed=3)])
+    assert len(seen) == len(first) * 16 and len(set(seen.tolist())) == len(seen)
+
+
+def test_iterating_a_stream_gives_one_pass_per_epoch(demo_sets):
+    stream = ShuffledBatches(demo_sets["digits_val"], MEAN, STD, 8, seed=0)
+    epoch1 = [b["index"] for b in stream]
+    epoch2 = [b["index"] for b in stream]
+    assert len(epoch1) == len(epoch2) == len(stream)
+    assert torch.equal(epoch2[0], stream.batch_at(1, 0)["index"])
+
+
+def test_random_crops_pad_with_zeros_and_flip():
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.uint8).view(2, 3, 6, 6) + 1
+    same = random_crops(images, torch.tensor([4, 4]), torch.tensor([4, 4]))
+    assert torch.equal(same, images)
+    shifted = random_crops(images, torch.tensor([0, 8]), torch.tensor([0, 8]))
+    assert (shifted[0, :, :4, :] == 0).all() and torch.equal(shifted[0, :, 4:, 4:], images[0, :, :2, :2])
+    assert (shifted[1, :, 2:, :] == 0).all() and torch.equal(shifted[1, :, :2, :2], images[1, :, 4:, 4:])
+
+
+def test_generator_training_images_have_no_black_borders(make_config):
+    """Issue 8: the GAN/Cb streams use their section's augmentation (flips), never padded crops."""
+    cfg = make_config(["moodcat"])
+    for section in ("gan", "cb"):
+        assert list(cfg.postprocessors.moodcat[section].augment) == ["flip"]
+    runner = Runner(cfg)
+    from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
+    post = MoodcatPostprocessor(method_config(cfg, "moodcat"))
+    post.benchmark = runner.benchmark
+    stream = post._train_loader({}, post.config.gan, seed=0, part="gan")
+    raw = torch.from_numpy(runner.benchmark.id["train"].images).permute(0, 3, 1, 2).float() / 255
+    for _ in range(3):
+        batch = stream.next()
+        unit = batch["data"] * torch.tensor(runner.benchmark.std).view(1, 3, 1, 1) + torch.tensor(
+            runner.benchmark.mean).view(1, 3, 1, 1)
+        originals = raw[batch["index"]]
+        flipped = originals.flip(-1)
+        match = [(torch.allclose(u, o, atol=1e-5) or torch.allclose(u, f, atol=1e-5))
+                 for u, o, f in zip(unit, originals, flipped)]
+        assert all(match)
+
+
+# -- exact resume ------------------------------------------------------------------------------------
+
+def _classifier_trainer(cfg, runner):
+    mcfg = method_config(cfg, "msp")
+    torch.manual_seed(cfg.seed)
+    net = build_network(mcfg.network, 6)
+    return TRAINERS.get("base")(net, runner.train_loader(mcfg), mcfg)
+
+
+def _weights(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_interrupted_classifier_resumes_bit_identically(make_config, tmp_path):
+    cfg = make_config(["msp"], "trainer.num_epochs=3")
+    runner = Runner(cfg)
+    straight = _classifier_trainer(cfg, runner)
+    fit(straight, tmp_path / "straight", progress=False)
+
+    first = _classifier_trainer(cfg, runner)
+    assert fit(first, tmp_path / "resumed", progress=False, stop_after_epochs=1)["interrupted"]
+    torch.manual_seed(12345)  # a new process starts with another RNG state
+    resumed = _classifier_trainer(cfg, runner)
+    assert fit(resumed, tmp_path / "resumed", progress=False)["resumed_from"] == 1
+    _assert_identical(_weights(straight.net), _weights(resumed.net))
+
+
+def _gan_config():
+    section = {"name": "moodcat_gan", "num_epochs": 3, "steps_per_epoch": 2, "batch_size": 8, "lr_g": 2e-4,
+               "lr_d": 2e-4, "betas": [0.0, 0.999], "cutmix": True, "cutmix_warmup_epochs": 1, "ema_decay": 0.9,
+               "sample_every": 0, "log_every": 0}
+    return Config({"device": "cpu", "progress": False,
+                   "dataset": {"normalization": {"mean": list(MEAN), "std": list(STD)}}, "trainer": section})
+
+
+def _gan_trainer(array):
+    torch.manual_seed(0)
+    gan = MoodcatGAN(6, ch=8, latent_dim=16, disc_ch=8)
+    return MoodcatGANTrainer(gan, make_loader(array, MEAN, STD, 8, train=True, augment=["flip"], seed=0),
+                             _gan_config())
+
+
+def test_interrupted_gan_resumes_bit_identically(demo_sets, tmp_path):
+    array = demo_sets["digits_train"]
+    straight = _gan_trainer(array)
+    fit(straight, tmp_path / "straight", progress=False)
+    first = _gan_trainer(array)
+    assert fit(first, tmp_path / "resumed", progress=False, stop_after_epochs=2)["interrupted"]
+    torch.manual_seed(999)
+    resumed = _gan_trainer(array)
+    fit(resumed, tmp_path / "resumed", progress=False)
+    _assert_identical(_weights(straight.net), _weights(resumed.net))
+
+
+def test_interrupted_cb_ext_resumes_bit_identically(demo_sets, tmp_path):
+    gan = _gan_trainer(demo_sets["digits_train"]).net.eval()
+    cb_section = {"name": "moodcat_cb", "num_epochs": 2, "steps_per_epoch": 2, "batch_size": 8, "lr": 1e-3,
+                  "betas": [0.0, 0.999]}
+    config = Config({**_gan_config(), "trainer": cb_section})
+
+    def trainer():
+        torch.manual_seed(1)
+        cb = ConditionalBinaryClassifier(6, ch=8)
+        unlabeled = make_loader(demo_sets["china_patches"], MEAN, STD, 8, train=True, seed=2)
+        return MoodcatCbTrainer(cb, make_loader(demo_sets["digits_train"], MEAN, STD, 8, train=True, seed=1),
+                                config, gan, unlabeled_loader=unlabeled)
+
+    straight = trainer()
+    fit(straight, tmp_path / "straight", progress=False)
+    first = trainer()
+    fit(first, tmp_path / "resumed", progress=False, stop_after_epochs=1)
+    torch.manual_seed(7)
+    resumed = trainer()
+    fit(resumed, tmp_path / "resumed", progress=False)
+    _assert_identical(_weights(straight.net), _weights(resumed.net))
+
+
+# -- divergence and cache keys ---------------------------------------------------------------------
+
+def test_diverging_training_stops_and_caches_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ["-p", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress", "--output-dir", str(out)]
+    assert main([*common, "--set", "trainer.lr=1.0e+10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: training in") and "diverged" in err and "\n" not in err
+    run_dirs = list((out / "checkpoints").glob("demo-base-*"))
+    assert run_dirs and not any((d / "final.ckpt").exists() for d in run_dirs)
+    for d in run_dirs:
+        if (d / "history.json").exists():
+            json.loads((d / "history.json").read_text())  # valid JSON, no NaN
+    assert main(common) == 0  # the folder of the diverged run breaks nothing
+
+
+def test_cache_key_includes_cpu_threads(make_config):
+    cfg = make_config(["msp"])
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_folder(cfg, "x", {"a": 1})
+        torch.set_num_threads(2)
+        two = run_folder(cfg, "x", {"a": 1})
+    finally:
+        torch.set_num_threads(previous)
+    assert one != two
+
+
+def test_checkpoints_hold_only_weights_and_plain_values(make_config, tmp_path):
+    cfg = make_config(["msp"], "trainer.num_epochs=2")
+    runner = Runner(cfg)
+    run_dir = tmp_path / "run"
+    fit(_classifier_trainer(cfg, runner), run_dir, progress=False, stop_after_epochs=1)
+    last = torch.load(run_dir / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["epoch"] == 1 and last["trainer"]["data"]["train"] == {"pass_index": 0, "position": 10}  # 649 images // 64
+    fit(_classifier_trainer(cfg, runner), run_dir, progress=False)
+    assert set(torch.load(run_dir / "final.ckpt", weights_only=True)["modules"]) == {"net"}
