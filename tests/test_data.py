@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 from PIL import Image
+from torchvision import transforms
 
 from moodcat_plugin.data import load_benchmark, make_loader
+from moodcat_plugin.data.arrays import read_imglist
 from moodcat_plugin.data.demo import build_demo_sets
 from moodcat_plugin.errors import DataError
 
@@ -80,6 +82,45 @@ def test_openood_imglist_layout(tmp_path):
     assert bench.id["train"].images.shape == (4, 32, 32, 3)
     assert bench.id["train"].labels.tolist() == [1, 1, 0, 1]
     assert bench.missing == ["absent"]
+
+
+# (width, height, PIL mode): non-square (crop offsets that round, resizes of the long side), square,
+# grayscale and RGBA. The old hand-rolled reader differed from torchvision on most of the non-square ones.
+IMGLIST_CASES = [(45, 32, "RGB"), (32, 77, "RGB"), (100, 100, "RGB"), (47, 32, "RGB"), (32, 35, "RGB"),
+                 (70, 45, "RGB"), (37, 33, "RGB"), (640, 480, "RGB"), (61, 100, "L"), (47, 32, "L"),
+                 (70, 45, "RGBA"), (32, 32, "RGBA")]
+
+
+def openood_test_pixels(path):
+    """What OpenOOD's ImglistDataset + TestStandardPreProcessor feed the network for a 32x32 benchmark,
+    before Normalize, as uint8 HWC: convert RGB, Resize(32, bilinear), CenterCrop(32), ToTensor."""
+    chain = transforms.Compose([transforms.Resize(32, interpolation=transforms.InterpolationMode.BILINEAR),
+                                transforms.CenterCrop(32), transforms.ToTensor()])
+    with Image.open(path) as image:
+        tensor = chain(image.convert("RGB"))
+    return (tensor * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def test_imglist_pixels_equal_torchvision_resize_and_center_crop(tmp_path):
+    rng = np.random.default_rng(1)
+    lines, paths = [], []
+    for width, height, mode in IMGLIST_CASES:
+        channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+        array = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+        path = tmp_path / f"{width}x{height}_{mode}.png"
+        Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(path)
+        paths.append(path)
+        lines.append(f"{path.name} 0")
+    listfile = tmp_path / "list.txt"
+    listfile.write_text("\n".join(lines) + "\n")
+    read = read_imglist(listfile, tmp_path, "cases", image_size=32, progress=False)
+    assert read.images.shape == (len(IMGLIST_CASES), 32, 32, 3)
+    for (width, height, mode), path, image in zip(IMGLIST_CASES, paths, read.images):
+        np.testing.assert_array_equal(image, openood_test_pixels(path), err_msg=f"{width}x{height} {mode}")
+    # hand check: a 47x32 RGB image needs no resize; torchvision's crop starts at column
+    # round((47 - 32) / 2) = round(7.5) = 8 (the old reader started at 7)
+    with Image.open(paths[3]) as original:
+        np.testing.assert_array_equal(read.images[3], np.asarray(original)[:, 8:40])
 
 
 def test_loader_batches_are_openood_dicts():

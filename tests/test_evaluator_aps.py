@@ -91,6 +91,7 @@ def test_scores_saved_and_leaderboard_rebuilt_from_disk(make_config):
         assert scores["conf"].shape == scores["label"].shape
     markdown = write_leaderboard(runner.results_dir, "demo", "id_positive")
     assert "FPR@95 (ID positive, MOODCAT paper)" in markdown
+    assert "AUPR-In/Out: **OpenOOD's definition** (trapezoidal" in markdown
     assert "| msp |" in markdown and "| ebo |" in markdown
     picture = runner.results_dir / "score_distributions.png"
     with Image.open(picture) as image:  # one panel per method, side by side

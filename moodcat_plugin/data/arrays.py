@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from torchvision import transforms
 from tqdm import tqdm
 
 from moodcat_plugin.errors import DataError
@@ -68,31 +69,35 @@ def _parse_imglist_label(extra: str, line: str, listfile: Path) -> int:
     return int(value)
 
 
-def _load_rgb(path: Path, size: int) -> np.ndarray:
-    """Resize (shorter side) and centre-crop to ``size``, as OpenOOD's test transform."""
+def openood_test_resize(size: int) -> transforms.Compose:
+    """OpenOOD v1.5's test-time geometry for 32x32 benchmarks (``TestStandardPreProcessor``): PIL
+    ``Resize(size)`` of the shorter side with bilinear interpolation (the benchmarks' config
+    ``dataset.interpolation: bilinear``), then ``CenterCrop(size)``. Its ToTensor/Normalize happen
+    later, in our loaders. RGB PIL image in, RGB PIL image of size x size out."""
+    return transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
+                               transforms.CenterCrop(size)])
+
+
+def _load_rgb(path: Path, resize: transforms.Compose) -> np.ndarray:
+    """One image file -> uint8 (size, size, 3): converted to RGB first, as OpenOOD's ImglistDataset."""
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        width, height = image.size
-        scale = size / min(width, height)
-        if scale != 1:
-            image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR)
-        width, height = image.size
-        left, top = (width - size) // 2, (height - size) // 2
-        return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        return np.asarray(resize(image.convert("RGB")), dtype=np.uint8)
 
 
 def read_imglist(listfile: Path, image_root: Path, name: str, image_size: int = 32,
                  progress: bool = True) -> ImageArray:
-    """Read an OpenOOD ``benchmark_imglist`` file: lines ``<relative path> <label or dict>``."""
+    """Read an OpenOOD ``benchmark_imglist`` file: lines ``<relative path> <label or dict>``; every
+    image is resized and centre-cropped to ``image_size`` by :func:`openood_test_resize`."""
     lines = [line for line in listfile.read_text().splitlines() if line.strip()]
     images, labels = [], []
+    resize = openood_test_resize(image_size)
     for line in tqdm(lines, desc=f"reading {name}", disable=not progress, leave=False):
         relative, _, extra = line.partition(" ")
         path = image_root / relative
         if not path.is_file():
             raise DataError(f"{listfile} names {path}, which does not exist; check --data-root "
                             "(it must hold benchmark_imglist/ and images_classic/)")
-        images.append(_load_rgb(path, image_size))
+        images.append(_load_rgb(path, resize))
         labels.append(_parse_imglist_label(extra, line, listfile))
     if not images:
         raise DataError(f"{listfile} lists no images")

@@ -87,8 +87,9 @@ def render_markdown(rows: List[dict], benchmark: str, convention: str, missing: 
     columns = _columns(rows)
     ordered = columns["near"] + ["near mean"] + columns["far"] + ["far mean"]
     lines = [f"# Leaderboard: {benchmark}", "",
-             f"FPR@95 column convention: **{FPR_CONVENTIONS[convention]}**. Values in percent; "
-             "group means are unweighted over datasets (± std). Best per column in bold.",
+             f"FPR@95 column convention: **{FPR_CONVENTIONS[convention]}**. AUPR-In/Out: **OpenOOD's "
+             "definition** (trapezoidal area under the precision-recall curve, not average precision). "
+             "Values in percent; group means are unweighted over datasets (± std). Best per column in bold.",
              f"Missing OOD sets (not in the data folder, skipped): {', '.join(missing) or 'none'}.", ""]
     for metric in METRICS:
         title = FPR_CONVENTIONS[convention] if metric == "FPR@95" else metric

@@ -36,6 +36,7 @@ from moodcat_plugin.errors import ConfigError, MissingWeightsError
 IQA_SCORERS = ("lpips", "dists")
 CB_SCORERS = ("cb", "cb_ext")
 LPIPS_TRUNKS = ("vgg", "alex")
+# How to drop the IQA scorers with our CLI (the default); inside OpenOOD the bridge passes its own.
 DROP_HINT = ("--set postprocessors.moodcat.postprocessor.postprocessor_args.scorers=[cb] "
              "(use postprocessors.moodcat_ext... for the moodcat_ext method)")
 
@@ -75,11 +76,13 @@ def required_weight_files(scorers: Sequence[str], lpips_trunk: str = "vgg") -> D
     return files
 
 
-def check_cached_weights(scorers: Sequence[str], lpips_trunk: str = "vgg") -> Dict[str, Path]:
+def check_cached_weights(scorers: Sequence[str], lpips_trunk: str = "vgg",
+                         drop_hint: str = DROP_HINT) -> Dict[str, Path]:
     """File name -> path in the hub cache for every weight file ``scorers`` need.
 
     Raises MissingWeightsError naming every missing file, the folder to put it in, where it is
-    normally downloaded from, and how to run without the scorer.
+    normally downloaded from, and how to run without the scorer (``drop_hint``: the caller's way
+    to set ``scorers: [cb]``, our CLI's ``--set`` by default).
     """
     folder = hub_checkpoint_dir()
     needed = required_weight_files(scorers, lpips_trunk)
@@ -91,7 +94,7 @@ def check_cached_weights(scorers: Sequence[str], lpips_trunk: str = "vgg") -> Di
         raise MissingWeightsError(
             f"pretrained weights missing from the torch hub cache: {listing}. Put the file(s) in {folder} "
             f"(torch.hub.get_dir()/checkpoints; nothing is downloaded at run time), or drop the IQA scorers "
-            f"and use the conditional binary classifier only: {DROP_HINT}.")
+            f"and use the conditional binary classifier only: {drop_hint}.")
     return {file: folder / file for files in needed.values() for file in files}
 
 

@@ -36,21 +36,25 @@ without test labels instead of a per-threshold envelope chosen on the test set.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from moodcat_plugin.config import Config
 from moodcat_plugin.data import ImageArray, make_loader
 from moodcat_plugin.data.arrays import stratified_holdout
-from moodcat_plugin.errors import ConfigError
+from moodcat_plugin.errors import ConfigError, DataError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.images import save_triplet_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import VALID_STYLES
-from moodcat_plugin.moodcat.scorers import (CB_SCORERS, IQA_SCORERS, CbScorer, build_iqa_scorer,
+from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, CbScorer, build_iqa_scorer,
                                             check_cached_weights)
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
@@ -62,6 +66,8 @@ GRID_IMAGES = 16
 GRID_SEED = 777
 SCORING_SEED_OFFSET = 101
 LABEL_SOURCES = ("predicted",)
+FINGERPRINT_SAMPLES = 256
+FINGERPRINT_SEED = 0
 
 
 @register_postprocessor("moodcat")
@@ -70,7 +76,9 @@ class MoodcatPostprocessor(BasePostprocessor):
 
     uses_logits_only = False
 
-    def __init__(self, config):
+    def __init__(self, config, drop_scorers_hint: str = DROP_HINT):
+        """``drop_scorers_hint``: how the caller's user sets ``scorers: [cb]`` when IQA weights are
+        missing (our CLI's ``--set`` by default; the OpenOOD bridge passes its config key)."""
         super().__init__(config)
         self.scorers = list(self.args.get("scorers", ["cb"]))
         self.cb_variants = list(self.args.get("cb_variants", ["cb"]))
@@ -83,7 +91,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.iqa_cfg = dict(config.get("iqa") or {})
         self.iqa_pretrained = bool(self.iqa_cfg.get("pretrained", True))
         if self.iqa_pretrained:  # fail before any training when weights are missing
-            check_cached_weights(self.iqa_scorers, self.iqa_cfg.get("lpips_trunk", "vgg"))
+            check_cached_weights(self.iqa_scorers, self.iqa_cfg.get("lpips_trunk", "vgg"), drop_scorers_hint)
         if "cb_ext" in self.scorer_names:
             self.uses_outlier_data = True  # read by the runner / leaderboard (paper 3.6)
         norm = config.dataset.normalization
@@ -207,6 +215,8 @@ class MoodcatPostprocessor(BasePostprocessor):
         trainer = TRAINERS.get(cfg.gan.name)(gan, loader, self._section_config("gan"),
                                              classifier=net if uses_classifier else None)
         key = {**self._gan_key(), **(self._classifier_key() if uses_classifier else {})}
+        if self.benchmark is None:  # OpenOOD bridge: the data are not named by a benchmark config
+            key["train_data"] = training_data_fingerprint(id_loader_dict["train"])
         self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
         return gan.eval().requires_grad_(False), key
 
@@ -320,6 +330,50 @@ class MoodcatPostprocessor(BasePostprocessor):
             x = to_signed_unit(data, self.mean, self.std)
             masked, synthesis = self.synthesize(x, net(data).argmax(dim=1), generator=generator)
             save_triplet_grid(self.grid_folder() / f"{name}.png", [x, masked, synthesis], nrow=GRID_IMAGES)
+
+
+def training_data_fingerprint(loader, samples: int = FINGERPRINT_SAMPLES) -> dict:
+    """What the GAN/Cb cache keys record about training data that no benchmark config names (the
+    OpenOOD bridge trains on ``id_loader_dict['train']``, known only by ``dataset.name``).
+
+    ``{'images': len(dataset), 'sampled': k, 'sha256': ...}``: the hash covers the ``data`` and
+    ``label`` of ``k = min(samples, len)`` items at evenly spaced indices (first and last
+    included), read straight from ``loader.dataset`` with the torch, numpy and ``random`` global
+    RNGs seeded (and restored afterwards), so random train augmentation gives the same bytes on
+    every run. A sample rather than the whole set keeps this to a few hundred reads at any size;
+    the cost is that two sets of equal size differing only in unsampled items share a cache.
+    A dataset whose augmentation draws from its own unseeded RNG gets a new hash each run:
+    it retrains rather than silently reusing weights. Batches/items: dicts with ``data`` (and
+    ``label``), as OpenOOD's, or ``(data, label)`` tuples. Our own batch sources (``dataset`` an
+    :class:`ImageArray`) are hashed whole.
+    """
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, ImageArray):  # our own batches: the arrays themselves, whole
+        digest = hashlib.sha256(dataset.images.tobytes() + dataset.labels.tobytes())
+        return {"images": len(dataset), "sampled": len(dataset), "sha256": digest.hexdigest()}
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")) or len(dataset) == 0:
+        raise DataError("id_loader_dict['train'] needs a non-empty map-style dataset (len() and indexing) so "
+                        "MOODCAT can fingerprint its training data for the GAN/Cb cache")
+    count = len(dataset)
+    indices = sorted({round(i) for i in np.linspace(0, count - 1, min(samples, count))})
+    digest = hashlib.sha256()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(FINGERPRINT_SEED)
+            random.seed(FINGERPRINT_SEED)
+            np.random.seed(FINGERPRINT_SEED)
+            for index in indices:
+                item = dataset[index]
+                parts = (item["data"], item.get("label")) if isinstance(item, Mapping) else tuple(item)[:2]
+                for part in parts:
+                    array = np.asarray(part.detach().cpu() if torch.is_tensor(part) else part)
+                    digest.update(f"{array.dtype}{array.shape}".encode())
+                    digest.update(np.ascontiguousarray(array).tobytes())
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    return {"images": count, "sampled": len(indices), "sha256": digest.hexdigest()}
 
 
 def _first_images(loader, count: int) -> Optional[torch.Tensor]:
