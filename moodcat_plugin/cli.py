@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from moodcat_plugin.errors import UserError
 
 EXAMPLES = """examples:
@@ -71,8 +73,11 @@ def run(args: argparse.Namespace) -> str:
     config = build_config(args.benchmark, methods, args.profile, args.config, args.overrides, flags, config_root)
     started = time.time()
     runner = Runner(config)
-    for method in methods:
-        logging.getLogger(__name__).info("evaluating %s", method)
+    log = logging.getLogger(__name__)
+    log.info("benchmark %s, profile %s, device %s, %d CPU thread(s); methods: %s", config.dataset.name,
+             config.profile, config.device, runner.threads, ", ".join(methods))
+    for number, method in enumerate(methods, start=1):
+        log.info("[%d/%d] %s: train what is not cached yet, then score every set", number, len(methods), method)
         runner.run_method(method)
         markdown = runner.leaderboard()  # rewritten after every method: an interrupted run keeps its rows
     return (f"{markdown}\nSaved to {runner.results_dir}/leaderboard.{{md,csv,json}} "
@@ -83,7 +88,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        print(run(args))
+        with logging_redirect_tqdm():  # log lines above the progress bars, not glued onto them
+            print(run(args))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

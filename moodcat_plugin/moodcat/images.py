@@ -7,11 +7,15 @@ benchmark mean/std; these helpers convert between the two.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
 from moodcat_plugin.data.loaders import denormalize
+from moodcat_plugin.utils import atomic_write_with
+
+GRID_CELL_INCHES = 0.95  # one 32x32 image per cell, drawn with nearest upscaling
+GRID_DPI = 100
 
 
 def to_signed_unit(data: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -46,4 +50,39 @@ def save_triplet_grid(path: Path | str, rows: Sequence[torch.Tensor], nrow: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path, nrow=columns, padding=2, pad_value=1.0)
+    return path
+
+
+def class_name(label: int, names: Optional[Sequence[str]]) -> str:
+    """Readable class of ``label``: its name when the benchmark lists names, else ``class k``."""
+    return str(names[label]) if names and 0 <= label < len(names) else f"class {label}"
+
+
+def save_labelled_grid(path: Path | str, rows: Mapping[str, torch.Tensor], column_titles: Sequence[str],
+                       title: str) -> Path:
+    """PNG grid, one labelled row per entry of ``rows`` (e.g. input / masked / synthesis), one
+    column per image with its title (e.g. the label the synthesis was conditioned on).
+
+    rows: name -> ``[B,3,H,W]`` in [-1,1]; the first ``len(column_titles)`` images are drawn,
+    each about 95 px wide. Written atomically (matplotlib Figure, no pyplot state).
+    """
+    from matplotlib.figure import Figure
+
+    columns = min(len(column_titles), *(len(images) for images in rows.values()))
+    figure = Figure(figsize=(GRID_CELL_INCHES * columns + 1.1, GRID_CELL_INCHES * len(rows) + 0.8),
+                    layout="constrained")
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for r, (row_name, images) in enumerate(rows.items()):
+        pictures = signed_to_unit(images[:columns].detach().float().cpu()).permute(0, 2, 3, 1).numpy()
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.imshow(pictures[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=7)
+        axes[r, 0].set_ylabel(row_name, fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    path = Path(path)
+    atomic_write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=GRID_DPI))
     return path

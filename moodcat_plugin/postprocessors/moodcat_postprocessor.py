@@ -164,7 +164,15 @@ class MoodcatPostprocessor(BasePostprocessor):
             "calibration": f"ID val, {len(next(iter(self.fusion.reference.values())))} images",
             "training": self.training_info,
         }
-        log.info("MOODCAT ready: %s", self.run_meta)
+        log.info("MOODCAT ready: %s", self.summary())
+        log.debug("MOODCAT details: %s", self.run_meta)
+
+    def summary(self) -> str:
+        """One short line: scorers, Cb validation accuracy, calibration size, grid folder."""
+        accuracies = ", ".join(f"{name} val acc {info['val_acc']:.3f}" for name, info in self.training_info.items()
+                               if "val_acc" in info)
+        return (f"scorers {'+'.join(self.scorer_names)}; {accuracies or 'no Cb'}; {self.run_meta['calibration']}; "
+                f"grids in {self.grid_folder()}")
 
     def _num_classes(self) -> int:
         return int(self.config.dataset.num_classes)
