@@ -80,8 +80,11 @@ def run(args: argparse.Namespace) -> str:
         log.info("[%d/%d] %s: train what is not cached yet, then score every set", number, len(methods), method)
         runner.run_method(method)
         markdown = runner.leaderboard()  # rewritten after every method: an interrupted run keeps its rows
-    return (f"{markdown}\nSaved to {runner.results_dir}/leaderboard.{{md,csv,json}} "
-            f"(profile {config.profile}, device {config.device}, {time.time() - started:.0f} s)")
+    outputs = runner.outputs(methods)
+    width = max(len(what) for what, _ in outputs)
+    return "\n".join([markdown, f"Outputs (profile {config.profile}, device {config.device}, "
+                                 f"{time.time() - started:.0f} s):"]
+                     + [f"  {what + ':':<{width + 1}} {where}" for what, where in outputs])
 
 
 def main(argv=None) -> int:

@@ -12,9 +12,10 @@ own trainer; every other method shares the benchmark's classifier.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,9 +23,9 @@ from moodcat_plugin.config import Config, ConfigError, load_yaml, merge, parse_o
 from moodcat_plugin.data import Benchmark, load_benchmark, make_loader
 from moodcat_plugin.evaluation import Evaluator, write_leaderboard
 from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, closest_names
-from moodcat_plugin.training import fit, run_folder
-from moodcat_plugin.utils import (load_checkpoint, load_state_dict_strict, resolve_device, seed_everything,
-                                  set_num_threads)
+from moodcat_plugin.training import checkpoint_root, fit, run_folder
+from moodcat_plugin.utils import (ensure_writable_folder, load_checkpoint, load_state_dict_strict, resolve_device,
+                                  seed_everything, set_num_threads)
 
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -147,8 +148,11 @@ class Runner:
         self.config.device = str(resolve_device(config.device))
         self.threads = set_num_threads(config.num_threads)
         seed_everything(config.seed)
-        self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
         self.results_dir = Path(config.output_dir) / config.dataset.name
+        self.checkpoint_root = checkpoint_root(config)
+        for folder in (self.results_dir, self.checkpoint_root):  # a one-line error now, not after training
+            ensure_writable_folder(folder)
+        self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
         self.evaluator = Evaluator(config, self.benchmark, self.results_dir)
         self._networks: Dict[str, tuple] = {}
 
@@ -212,3 +216,29 @@ class Runner:
     def leaderboard(self) -> str:
         return write_leaderboard(self.results_dir, self.config.dataset.name, self.config.fpr_convention)
 
+    def outputs(self, methods: Sequence[str]) -> List[Tuple[str, str]]:
+        """(what, where) for every output of this run that exists on disk, for the final message."""
+        results = self.results_dir
+        candidates = [("leaderboard", results / "leaderboard.md", f"{results}/leaderboard.{{md,csv,json}}"),
+                      ("score distributions", results / "score_distributions.png", None),
+                      ("per-sample scores", results / "scores", None),
+                      ("MOODCAT synthesis grids", results / "moodcat_grids", None)]
+        for method in methods:  # e.g. the GAN's samples/, shared by moodcat and moodcat_ext
+            candidates += [(f"{name} training samples", folder / "samples", None)
+                           for name, folder in self._training_folders(method)]
+        candidates.append(("trained models", self.checkpoint_root, None))
+        listed = {}
+        for what, path, shown in candidates:
+            if path.exists() and path not in listed:
+                listed[path] = (what, shown or (f"{path}/" if path.is_dir() else str(path)))
+        return list(listed.values())
+
+    def _training_folders(self, method: str) -> List[Tuple[str, Path]]:
+        """(name, run folder) of every model a method's postprocessor trained (meta.json 'training')."""
+        meta_path = self.results_dir / "scores" / method / "meta.json"
+        try:
+            training = json.loads(meta_path.read_text()).get("training") or {}
+        except (OSError, ValueError, AttributeError):
+            return []
+        return [(name, Path(info["folder"])) for name, info in training.items()
+                if isinstance(info, dict) and info.get("folder")]

@@ -50,12 +50,16 @@ def compute_fingerprint(device: str | torch.device) -> Dict[str, Any]:
     return {"device": device.type}
 
 
+def checkpoint_root(config) -> Path:
+    """Where trained models go: ``checkpoint_dir``, by default ``<output_dir>/checkpoints``."""
+    return Path(config.get("checkpoint_dir") or Path(config.output_dir) / "checkpoints")
+
+
 def run_folder(config, name: str, *key_sections: Any) -> Path:
     """Folder for a training run identified by the hash of ``key_sections`` and the compute
-    setup, under the config's ``checkpoint_dir`` (default ``<output_dir>/checkpoints``)."""
-    root = config.get("checkpoint_dir") or Path(config.output_dir) / "checkpoints"
+    setup, under :func:`checkpoint_root`."""
     compute = compute_fingerprint(config.get("device", "cpu"))
-    return Path(root) / f"{name}-{config_hash(*key_sections, compute)}"
+    return checkpoint_root(config) / f"{name}-{config_hash(*key_sections, compute)}"
 
 
 def rng_state() -> Dict[str, Any]:

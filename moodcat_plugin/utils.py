@@ -1,17 +1,21 @@
-"""Small shared helpers: devices, seeding, atomic file writes, checkpoint loading."""
+"""Small shared helpers: devices, seeding, atomic file writes (with one-line errors for a full disk,
+a read-only folder or a file in the way), checkpoint loading."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
-import tempfile
+import secrets
+import shutil
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from moodcat_plugin.errors import CheckpointError, ConfigError
+from moodcat_plugin.errors import CheckpointError, ConfigError, UserError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,22 +47,105 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
+OUTPUT_FIX = "choose another output folder (--output-dir, or --set checkpoint_dir=...)"
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The outermost of ``path`` and its ancestors that exists but is not a folder, else None."""
+    for candidate in reversed([path, *path.parents]):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return None
+
+
+def describe_write_error(exc: OSError, path: Path) -> str:
+    """One line naming ``path``, what went wrong (disk full, not writable, a file in the way) and the fix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {path}: the disk is full (no space left on device); free some space or {OUTPUT_FIX}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return f"cannot write {path}: not writable ({reason}); fix the folder's permissions or {OUTPUT_FIX}"
+    blocker = _blocking_file(path) if exc.errno in (errno.ENOTDIR, errno.EEXIST) else None
+    if blocker is not None:
+        return f"cannot create {path}: {blocker} is a file, not a folder; move that file away or {OUTPUT_FIX}"
+    return f"cannot write {path}: {exc.strerror or exc}; check that folder or {OUTPUT_FIX}"
+
+
+@contextmanager
+def output_errors(path: Path | str) -> Iterator[None]:
+    """Turn an OSError raised inside the block into a one-line UserError about ``path``."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        yield
+    except OSError as exc:
+        raise UserError(describe_write_error(exc, Path(path))) from exc
+
+
+def _new_temp_file(folder: Path, name: str) -> Path:
+    """Create an empty, unique, hidden temporary file in ``folder``.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600), its mode honours the umask like any file
+    the user creates (0644 under umask 022), so a shared checkpoint folder stays readable.
+    """
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``.
+
+    ``write(tmp)`` fills the temporary file at the path ``tmp``. Readers never see a partial
+    file; an OSError (disk full, folder not writable, a file in the way) becomes a one-line
+    UserError naming ``path``, and the temporary file is removed.
+    """
+    path = Path(path)
+    with output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp_file(path.parent, path.name)
+        try:
+            write(str(tmp))
+            os.replace(tmp, path)
+        finally:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
+def ensure_writable_folder(folder: Path | str) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it (at startup, before
+    any training); a one-line UserError names the folder and the fix otherwise."""
+    folder = Path(folder)
+    with output_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        _new_temp_file(folder, "write_test").unlink()
+    return folder
+
+
+def replace_folder(finished: Path, target: Path) -> None:
+    """Move the complete folder ``finished`` to ``target``, replacing what was there as a unit.
+
+    Two renames in the same parent: readers see the old folder, briefly none, then the new one,
+    never a mix. ``finished`` and the moved-aside old folder must be hidden siblings (names
+    starting with '.') so readers ignore them.
+    """
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    with output_errors(target):
+        if target.exists():
+            os.replace(target, old)
+        os.replace(finished, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
-    atomic_write_with(Path(path), lambda tmp: torch.save(obj, tmp))
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a Python handle: a full disk raises OSError(ENOSPC), not RuntimeError
+            torch.save(obj, handle)
+
+    atomic_write_with(Path(path), write)
 
 
 def atomic_write_text(text: str, path: Path | str) -> None:
@@ -70,7 +157,12 @@ def atomic_write_text(text: str, path: Path | str) -> None:
 
 
 def atomic_write_json(obj: Any, path: Path | str) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, default=str), path)
+    """Write ``obj`` as JSON; NaN or infinity raises ValueError (it would not be valid JSON)."""
+    try:
+        text = json.dumps(obj, indent=2, default=str, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"refusing to write {path}: it would hold NaN or infinity, which is not valid JSON") from exc
+    atomic_write_text(text, path)
 
 
 def atomic_savez(path: Path | str, **arrays: np.ndarray) -> None:

@@ -3,7 +3,9 @@
 
     python scripts/rebuild_leaderboard.py results/cifar10 --fpr id_positive
 """
+import sys
+
 from moodcat_plugin.evaluation.leaderboard import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,7 +7,7 @@ from torchvision import transforms
 from moodcat_plugin.data import load_benchmark, make_loader
 from moodcat_plugin.data.arrays import read_imglist
 from moodcat_plugin.data.demo import build_demo_sets
-from moodcat_plugin.errors import DataError
+from moodcat_plugin.errors import ConfigError, DataError
 
 
 def _spec(**splits):
@@ -129,3 +129,99 @@ def test_loader_batches_are_openood_dicts():
     batch = next(iter(loader))
     assert set(batch) == {"data", "label", "index"}
     assert batch["data"].shape == (16, 3, 32, 32) and batch["data"].dtype.is_floating_point
+
+
+# -- issue 9: every data problem is a one-line error at load, before any training -----------------
+def _toy_pack(folder, sizes=None, **overrides):
+    """ID train/val/test + OOD-val + one near set as npz files; ``overrides`` replace (images, labels)."""
+    rng = np.random.default_rng(0)
+    for name in ("tr", "va", "te", "oodval", "near1"):
+        images = rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+        labels = np.array([0, 1, 0, 1]) if name in ("tr", "va", "te") else np.full(4, -1)
+        images, labels = overrides.get(name, (images, labels))
+        np.savez(folder / f"{name}.npz", images=images, labels=labels)
+    return _spec(id={"train": {"npz": "tr"}, "val": {"npz": "va"}, "test": {"npz": "te"}},
+                 ood_val={"npz": "oodval"}, near={"near1": {"npz": "near1"}})
+
+
+def _one_line_error(excinfo):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+def test_wrong_image_size_names_set_shape_and_image_size(tmp_path):
+    small = np.zeros((4, 28, 28, 3), dtype=np.uint8)
+    spec = _toy_pack(tmp_path, near1=(small, np.full(4, -1)))
+    with pytest.raises(DataError) as excinfo:
+        load_benchmark(spec, str(tmp_path))
+    message = _one_line_error(excinfo)
+    assert "'near1'" in message and "(28, 28, 3)" in message and "image_size is 32" in message
+    assert "near1.npz" in message
+
+
+def test_non_integral_float_labels_fail_integral_floats_pass(tmp_path):
+    spec = _toy_pack(tmp_path, tr=(np.zeros((4, 32, 32, 3), np.uint8), np.array([0.0, 1.0, 0.0, 1.0])))
+    assert load_benchmark(spec, str(tmp_path)).id["train"].labels.tolist() == [0, 1, 0, 1]
+    spec = _toy_pack(tmp_path, tr=(np.zeros((4, 32, 32, 3), np.uint8), np.array([0.0, 1.5, 0.0, 1.0])))
+    with pytest.raises(DataError) as excinfo:
+        load_benchmark(spec, str(tmp_path))
+    message = _one_line_error(excinfo)
+    assert "integer" in message and "1.5" in message and "tr.npz" in message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_crc", "empty_file", "not_npz", "no_labels"])
+def test_corrupt_npz_is_one_line_data_error_naming_file(tmp_path, damage):
+    spec = _toy_pack(tmp_path)
+    path = tmp_path / "te.npz"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    elif damage == "bad_crc":
+        np.savez_compressed(path, images=np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8),
+                            labels=np.array([0, 1, 0, 1]))
+        data = bytearray(path.read_bytes())
+        data[200:240] = b"x" * 40
+        path.write_bytes(bytes(data))
+    elif damage == "empty_file":
+        path.write_bytes(b"")
+    elif damage == "not_npz":
+        path.write_text("<html>404 not found</html>")
+    else:
+        np.savez(path, images=np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError) as excinfo:
+        load_benchmark(spec, str(tmp_path))
+    message = _one_line_error(excinfo)
+    assert str(path) in message and ("re-create" in message or "'labels'" in message)
+
+
+@pytest.mark.parametrize("empty_set", ["te", "oodval", "near1"])
+def test_empty_sets_fail_at_load(tmp_path, empty_set):
+    empty = (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
+    spec = _toy_pack(tmp_path, **{empty_set: empty})
+    with pytest.raises(DataError, match=rf"{empty_set}\.npz\) holds no images"):
+        load_benchmark(spec, str(tmp_path))
+
+
+def test_benchmark_without_id_test_names_the_key(tmp_path):
+    spec = _toy_pack(tmp_path)
+    del spec["splits"]["id"]["test"]
+    with pytest.raises(ConfigError) as excinfo:
+        load_benchmark(spec, str(tmp_path))
+    assert "splits.id.test" in _one_line_error(excinfo)
+
+
+def test_malformed_set_spec_names_the_key(tmp_path):
+    spec = _toy_pack(tmp_path)
+    spec["splits"]["near"]["near1"] = "near1"  # a bare name instead of {npz: near1}
+    with pytest.raises(ConfigError, match=r"splits\.near\.near1 must map a source"):
+        load_benchmark(spec, str(tmp_path))
+
+
+def test_unknown_demo_set_lists_valid_ones():
+    spec = _spec(id={"train": {"demo": "digits_train"}, "val": {"demo": "digits_val"}, "test": {"demo": "digits_tset"}},
+                 ood_val={"demo": "digits_6to9_val"})
+    spec["num_classes"] = 6
+    with pytest.raises(DataError) as excinfo:
+        load_benchmark(spec, None)
+    message = _one_line_error(excinfo)
+    assert "'digits_tset'" in message and "digits_test" in message and "flower_patches" in message

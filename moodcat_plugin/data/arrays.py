@@ -2,11 +2,14 @@
 
 Every dataset becomes an :class:`ImageArray`: ``images`` uint8 (N, H, W, 3) RGB and ``labels``
 int64 (N,), with -1 for OOD sets. 32x32 benchmarks fit in memory, which keeps loading simple and
-fast on CPU.
+fast on CPU. Labels must be integers; float labels are accepted only when every value is a whole
+number (e.g. 3.0, as some converters write them); 2.5 or NaN is an error, never truncated.
 """
 from __future__ import annotations
 
 import ast
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ class ImageArray:
             )
         if len(self.images) != len(self.labels):
             raise DataError(f"dataset '{self.name}': {len(self.images)} images but {len(self.labels)} labels")
-        self.labels = self.labels.astype(np.int64)
+        self.labels = integer_labels(self.labels, self.name)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -47,16 +50,50 @@ class ImageArray:
         return ImageArray(self.name, self.images, np.full(len(self), -1, dtype=np.int64))
 
 
+def integer_labels(labels, name: str) -> np.ndarray:
+    """``labels`` (N,) as int64. Integer dtypes pass; floats only if every value is whole."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DataError(f"dataset '{name}': labels must be one class id per image (shape (N,)), got {labels.shape}")
+    if labels.dtype.kind in "iu":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f":
+        not_whole = ~(np.isfinite(labels) & (labels == np.round(labels)))
+    else:
+        not_whole = np.ones(len(labels), dtype=bool)
+    if not not_whole.any():
+        return labels.astype(np.int64)
+    raise DataError(f"dataset '{name}': labels must be integer class ids (-1 for OOD), got {labels.dtype} "
+                    f"values such as {labels[not_whole][:3].tolist()}; store them as integers")
+
+
+NPZ_FORMAT = "'images' uint8 (N, H, W, 3) and 'labels' int (N,)"
+
+
 def read_npz(path: Path, name: str) -> ImageArray:
-    """Read ``images``/``labels`` from an npz file of the data pack."""
+    """Read ``images``/``labels`` from an npz file of the data pack; every problem with the file
+    (truncated, corrupt, wrong arrays) is a one-line DataError naming it."""
     try:
-        with np.load(path) as pack:
-            return ImageArray(name, pack["images"], pack["labels"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path} is not a valid data-pack npz (needs 'images' and 'labels'): {exc}") from exc
+        pack = np.load(path)
+        if not isinstance(pack, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} is a single .npy array, not an npz archive; a data-pack file holds {NPZ_FORMAT}")
+        with pack:
+            missing = [key for key in ("images", "labels") if key not in pack.files]
+            if missing:
+                raise DataError(f"{path} has no {' or '.join(repr(k) for k in missing)} array (it has "
+                                f"{pack.files}); a data-pack file holds {NPZ_FORMAT}")
+            images, labels = pack["images"], pack["labels"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path} is truncated or corrupt ({reason}); copy or re-create the file "
+                        f"(it must hold {NPZ_FORMAT})") from exc
+    try:
+        return ImageArray(name, images, labels)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
 
 
-def _parse_imglist_label(extra: str, line: str, listfile: Path) -> int:
+def _parse_imglist_label(extra: str, line: str, listfile: Path):
     extra = extra.strip()
     if not extra:
         return -1
@@ -65,8 +102,8 @@ def _parse_imglist_label(extra: str, line: str, listfile: Path) -> int:
     except (ValueError, SyntaxError) as exc:
         raise DataError(f"{listfile}: cannot parse label in line '{line.strip()}'") from exc
     if isinstance(value, dict):
-        return int(value.get("class_label", value.get("label", -1)))
-    return int(value)
+        return value.get("class_label", value.get("label", -1))
+    return value  # checked by ImageArray: an integer (or whole float) class id
 
 
 def openood_test_resize(size: int) -> transforms.Compose:
@@ -101,7 +138,10 @@ def read_imglist(listfile: Path, image_root: Path, name: str, image_size: int = 
         labels.append(_parse_imglist_label(extra, line, listfile))
     if not images:
         raise DataError(f"{listfile} lists no images")
-    return ImageArray(name, np.stack(images), np.asarray(labels, dtype=np.int64))
+    try:
+        return ImageArray(name, np.stack(images), np.asarray(labels))
+    except (DataError, ValueError) as exc:  # ValueError: labels of mixed kinds (numbers and lists)
+        raise DataError(f"{listfile}: {exc}") from exc
 
 
 def stratified_holdout(array: ImageArray, fraction: float, seed: int) -> tuple:

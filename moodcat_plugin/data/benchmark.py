@@ -23,10 +23,12 @@ from typing import Dict, List, Mapping, Optional
 
 from moodcat_plugin.config import require_keys
 from moodcat_plugin.data.arrays import ImageArray, read_imglist, read_npz
-from moodcat_plugin.errors import DataError
+from moodcat_plugin.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 OOD_GROUPS = ("near", "far")
+ID_SPLITS = ("train", "val", "test")
+SOURCES = ("npz", "imglist", "demo")
 GET_DATA_HINT = (
     "Pass --data-root with the npz data pack (files like cifar10_test.npz) or OpenOOD's layout "
     "(benchmark_imglist/ and images_classic/, see OpenOOD's scripts/download), "
@@ -86,8 +88,10 @@ class _Reader:
         return None
 
     def read(self, role: str, name: str, spec: Mapping, required: bool) -> Optional[ImageArray]:
+        """The set ``name`` (role e.g. 'ID', 'far-OOD'), checked to be non-empty and of the
+        benchmark's image size; a missing optional set is skipped (None) with a warning."""
         if self.source == "demo":
-            return self._demo_sets[spec["demo"]].subset(slice(None), name)
+            return self._checked(role, self._demo_set(spec["demo"]).subset(slice(None), name), f"demo set '{spec['demo']}'")
         path = self.path_of(spec)
         if path is None or not path.is_file():
             where = path if path is not None else f"(no '{self.source}' entry in the benchmark file)"
@@ -97,8 +101,27 @@ class _Reader:
             self.missing.append(name)
             return None
         if self.source == "npz":
-            return read_npz(path, name)
-        return read_imglist(path, self.data_root / "images_classic", name, self.image_size, self.progress)
+            return self._checked(role, read_npz(path, name), path)
+        return self._checked(role, read_imglist(path, self.data_root / "images_classic", name, self.image_size,
+                                                self.progress), path)
+
+    def _demo_set(self, key: str) -> ImageArray:
+        if key not in self._demo_sets:
+            raise DataError(f"the benchmark file names demo set '{key}', which does not exist; "
+                            f"valid demo sets: {', '.join(self._demo_sets)}")
+        return self._demo_sets[key]
+
+    def _checked(self, role: str, array: ImageArray, where) -> ImageArray:
+        """``array`` unless it is empty or its images are not image_size x image_size."""
+        if len(array) == 0:
+            raise DataError(f"{role} set '{array.name}' ({where}) holds no images; fix the file, or remove the "
+                            "set from the benchmark file if it is optional")
+        size = self.image_size
+        if array.images.shape[1:3] != (size, size):
+            raise DataError(f"{role} set '{array.name}' ({where}) has images of shape {array.images.shape[1:]} but "
+                            f"the benchmark's image_size is {size} ({size}, {size}, 3); resize the images to "
+                            f"{size}x{size} RGB, or fix image_size in the benchmark file")
+        return array
 
 
 def _check_id_labels(array: ImageArray, num_classes: int) -> None:
@@ -111,16 +134,20 @@ def _check_id_labels(array: ImageArray, num_classes: int) -> None:
 
 
 def load_benchmark(spec: Mapping, data_root: Optional[str], progress: bool = True) -> Benchmark:
-    """Read every set of the benchmark described by ``spec`` (the benchmark config section)."""
+    """Read every set of the benchmark described by ``spec`` (the benchmark config section).
+
+    Every set is checked here, before any training: required keys present, sets non-empty,
+    images of the declared ``image_size``, integer labels, ID labels within ``num_classes``.
+    """
     require_keys(spec, ["name", "num_classes", "normalization", "splits"], f"benchmark '{spec.get('name')}'")
     splits = spec["splits"]
-    require_keys(splits, ["id", "ood_val"], f"benchmark '{spec['name']}' splits")
+    _check_splits(splits, spec["name"])
     sources = sorted({source for s in _all_specs(splits) for source in s})
     root = Path(data_root).expanduser() if data_root else None
     reader = _Reader(detect_source(root, sources), root, spec.get("image_size", 32), progress)
 
     id_sets = {split: reader.read("ID", f"{spec['name']}_{split}", splits["id"][split], True)
-               for split in ("train", "val", "test")}
+               for split in ID_SPLITS}
     for array in id_sets.values():
         _check_id_labels(array, spec["num_classes"])
     ood_val = reader.read("OOD validation", "ood_val", splits["ood_val"], True).as_ood()
@@ -139,6 +166,30 @@ def load_benchmark(spec: Mapping, data_root: Optional[str], progress: bool = Tru
         id=id_sets, ood_val=ood_val, near=groups["near"], far=groups["far"],
         outlier=outlier, missing=reader.missing,
     )
+
+
+def _check_splits(splits, benchmark: str) -> None:
+    """ConfigError naming the key when ``splits`` lacks a required role or a SPEC is malformed."""
+    where = f"benchmark '{benchmark}'"
+    if not isinstance(splits, Mapping):
+        raise ConfigError(f"{where}: 'splits' must be a mapping of roles (id, ood_val, near, far, outlier)")
+    require_keys(splits, ["id", "ood_val"], f"{where} splits")
+    if not isinstance(splits["id"], Mapping):
+        raise ConfigError(f"{where}: splits.id must map train/val/test to sets, e.g. test: {{npz: cifar10_test}}")
+    missing = [f"splits.id.{split}" for split in ID_SPLITS if split not in splits["id"]]
+    if missing:
+        raise ConfigError(f"{where} is missing required key(s): {', '.join(missing)}")
+    named = {f"splits.id.{k}": v for k, v in splits["id"].items()}
+    named.update({f"splits.{k}": splits[k] for k in ("ood_val", "outlier") if splits.get(k)})
+    for group in OOD_GROUPS:
+        sets = splits.get(group) or {}
+        if not isinstance(sets, Mapping):
+            raise ConfigError(f"{where}: splits.{group} must map set names to sets, e.g. svhn: {{npz: svhn_test}}")
+        named.update({f"splits.{group}.{k}": v for k, v in sets.items()})
+    for key, item in named.items():
+        if not isinstance(item, Mapping) or not item or set(item) - set(SOURCES):
+            raise ConfigError(f"{where}: {key} must map a source ({', '.join(SOURCES)}) to a location, "
+                              f"e.g. {{npz: cifar10_test}}; got {item!r}")
 
 
 def _all_specs(splits: Mapping):

@@ -3,12 +3,18 @@
 One :class:`Evaluator` serves every method of a run over the same benchmark, so purely
 logit-based methods share each dataset's logits (computed once per network and dataset).
 Per-sample scores are written to ``<results_dir>/scores/<method>/<dataset>.npz`` together with
-``meta.json``; the leaderboard is rebuilt from these files, never from memory.
+``meta.json``; the leaderboard is rebuilt from these files, never from memory. A method's files are
+replaced as a unit: they are written into a hidden sibling folder (``scores/.<method>.partial-*``)
+that is swapped in by renames once complete, so an interrupted re-scoring leaves the previous set
+intact and never a mix of old and new files; hidden leftovers of a killed run are ignored by the
+leaderboard and removed when that method is scored again.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +26,7 @@ from tqdm import tqdm
 
 from moodcat_plugin.data import Benchmark, make_loader
 from moodcat_plugin.evaluation.metrics import ood_metrics
-from moodcat_plugin.utils import atomic_savez, atomic_write_json
+from moodcat_plugin.utils import atomic_savez, atomic_write_json, replace_folder
 
 log = logging.getLogger(__name__)
 ID_TEST = "id_test"
@@ -117,7 +123,7 @@ class Evaluator:
         else:
             postprocessor.setup(net, self.id_loader_dict, self.ood_loader_dict)
         meta = {**meta, **getattr(postprocessor, "run_meta", {})}
-        folder = self.results_dir / "scores" / method
+        folder = self._partial_folder(method)
         sets = {ID_TEST: self.id_loader_dict["test"]}
         groups = {}
         for group in ("near", "far"):
@@ -140,4 +146,16 @@ class Evaluator:
             "seconds": round(time.time() - started, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, folder / "meta.json")
-        return folder
+        target = self.results_dir / "scores" / method
+        replace_folder(folder, target)
+        return target
+
+    def _partial_folder(self, method: str) -> Path:
+        """A fresh hidden folder beside ``scores/<method>`` to write a new score set into; removes
+        what a killed run left for this method (hidden folders ``.<method>.*``)."""
+        scores_dir = self.results_dir / "scores"
+        if scores_dir.is_dir():
+            for leftover in scores_dir.iterdir():
+                if leftover.name.startswith(f".{method}.") and leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+        return scores_dir / f".{method}.partial-{secrets.token_hex(4)}"
