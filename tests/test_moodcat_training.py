@@ -9,7 +9,7 @@ import torch
 from moodcat_plugin.config import Config
 from moodcat_plugin.data import make_loader
 from moodcat_plugin.data.demo import build_demo_sets
-from moodcat_plugin.moodcat.images import from_signed_unit, save_triplet_grid, to_signed_unit
+from moodcat_plugin.moodcat.images import class_name, from_signed_unit, save_labelled_grid, to_signed_unit
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.registry import NETWORKS, TRAINERS
@@ -61,12 +61,14 @@ def test_signed_unit_round_trip_and_range():
     assert torch.allclose(from_signed_unit(signed, MEAN, STD), normalised, atol=1e-5)
 
 
-def test_save_triplet_grid_writes_png(tmp_path):
-    rows = [torch.rand(5, 3, 32, 32) * 2 - 1 for _ in range(3)]
-    path = save_triplet_grid(tmp_path / "sub" / "grid.png", rows, nrow=4)
+def test_labelled_grid_is_large_enough_to_read(tmp_path):
+    rows = {name: torch.rand(5, 3, 32, 32) * 2 - 1 for name in ("input", "masked", "synthesis")}
+    titles = [class_name(k, ["plane", "car"]) for k in (0, 1, 7, 0)]
+    assert titles[2] == "class 7"
+    path = save_labelled_grid(tmp_path / "sub" / "grid.png", rows, titles, "a title")
     from PIL import Image
     width, height = Image.open(path).size
-    assert (width, height) == (4 * 34 + 2, 3 * 34 + 2)  # 4 columns, 3 rows, padding 2
+    assert width >= 4 * 90 and height >= 3 * 90  # about 95 px per 32 px image, not 34
 
 
 # -- generator network ------------------------------------------------------------------------

@@ -35,24 +35,6 @@ def signed_to_unit(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
-def save_triplet_grid(path: Path | str, rows: Sequence[torch.Tensor], nrow: int = 8) -> Path:
-    """Save an image grid with one row per tensor in ``rows`` (e.g. input / masked / synthesis).
-
-    rows: tensors ``[B,3,H,W]`` in [-1,1]; the first ``nrow`` images of each (fewer if B is
-    smaller) fill one grid row. Parent folders are created. Returns the path written (PNG).
-    """
-    from torchvision.utils import save_image
-
-    if not rows:
-        raise ValueError("save_triplet_grid needs at least one row of images")
-    columns = min(nrow, min(len(row) for row in rows))
-    grid = torch.cat([signed_to_unit(row[:columns].detach().float().cpu()) for row in rows])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path, nrow=columns, padding=2, pad_value=1.0)
-    return path
-
-
 def class_name(label: int, names: Optional[Sequence[str]]) -> str:
     """Readable class of ``label``: its name when the benchmark lists names, else ``class k``."""
     return str(names[label]) if names and 0 <= label < len(names) else f"class {label}"

@@ -52,7 +52,7 @@ from moodcat_plugin.data import ImageArray, make_loader
 from moodcat_plugin.data.arrays import stratified_holdout
 from moodcat_plugin.errors import ConfigError, DataError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
-from moodcat_plugin.moodcat.images import save_triplet_grid, to_signed_unit
+from moodcat_plugin.moodcat.images import class_name, save_labelled_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import VALID_STYLES
 from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, CbScorer, build_iqa_scorer,
                                             check_cached_weights)
@@ -336,8 +336,14 @@ class MoodcatPostprocessor(BasePostprocessor):
             if data is None:
                 continue
             x = to_signed_unit(data, self.mean, self.std)
-            masked, synthesis = self.synthesize(x, net(data).argmax(dim=1), generator=generator)
-            save_triplet_grid(self.grid_folder() / f"{name}.png", [x, masked, synthesis], nrow=GRID_IMAGES)
+            pred = net(data).argmax(dim=1)
+            masked, synthesis = self.synthesize(x, pred, generator=generator)
+            names = self.config.dataset.get("class_names")
+            save_labelled_grid(self.grid_folder() / f"{name}.png",
+                               {"input": x, "masked": masked, "synthesis": synthesis},
+                               [class_name(int(label), names) for label in pred],
+                               f"{self.config.dataset.name}: {name}; each column conditioned on the classifier's "
+                               "prediction (its title)")
 
 
 def training_data_fingerprint(loader, samples: int = FINGERPRINT_SAMPLES) -> dict:

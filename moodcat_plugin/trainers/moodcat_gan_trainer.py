@@ -46,7 +46,7 @@ import piq
 import torch
 import torch.nn.functional as F
 
-from moodcat_plugin.moodcat.images import from_signed_unit, save_triplet_grid, to_signed_unit
+from moodcat_plugin.moodcat.images import class_name, from_signed_unit, save_labelled_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, apply_mask, box_mask
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.registry import register_trainer
@@ -292,14 +292,17 @@ class MoodcatGANTrainer(StepTrainer):
         return self.save_samples(self.run_dir / "samples" / f"step_{self.step:06d}.png")
 
     def save_samples(self, path: Path) -> Path:
-        """Grid of the fixed sample batch: input / masked (test-area mask) / synthesis [/ EMA]."""
+        """Grid of the fixed sample batch: input / masked (test-area mask) / synthesis [/ EMA],
+        columns titled with the label each synthesis is conditioned on."""
         x, y = self._sample_batch
         generator = torch.Generator(device=x.device).manual_seed(SAMPLE_MASK_SEED)
         masked, synthesis = self.net.synthesize(x, y, area=TEST_AREA, generator=generator)
-        rows = [x, masked, synthesis]
+        rows = {"input": x, "masked": masked, "synthesis": synthesis}
         if self.args["ema_decay"]:
-            rows.append(self.net.synthesize_from_masked(masked, y, use_ema=True))
-        return save_triplet_grid(path, rows, nrow=SAMPLE_IMAGES)
+            rows["EMA synthesis"] = self.net.synthesize_from_masked(masked, y, use_ema=True)
+        names = self.config.dataset.get("class_names")
+        return save_labelled_grid(path, rows, [class_name(int(label), names) for label in y],
+                                  f"generator after {self.step} steps (conditioned on the true label)")
 
 
 class _LossLog:
