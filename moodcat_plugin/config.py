@@ -5,7 +5,13 @@ Each file is plain data. A file may carry a ``profiles:`` mapping (``tiny``, ``d
 ``gpu``): the selected profile is overlaid on the file's own values and the mapping dropped.
 Merging is strict: an override may only set keys that already exist, and an unknown key is a
 :class:`ConfigError` naming the closest valid key. ``Config`` gives attribute access
-(``config.trainer.lr``) as OpenOOD's Config does.
+(``config.trainer.lr``) as OpenOOD's Config does. Types and ranges are checked afterwards by the
+schemas (``moodcat_plugin/schema.py``).
+
+Numbers are read as people write them: PyYAML follows YAML 1.1, where ``1e-3`` and ``5e-5`` (no
+dot, or no sign in the exponent) are STRINGS. Files and ``--set`` values are read with
+:class:`ConfigLoader`, which adds YAML 1.2's float syntax, so both become floats; anything else
+(``abc``, ``1.2.3``, ``e5``) stays a string.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -23,6 +30,21 @@ from moodcat_plugin.errors import ConfigError
 PROFILES_KEY = "profiles"
 # Mappings whose keys are data (dataset names, per-method sections), not a fixed schema.
 OPEN_SECTIONS = frozenset({"near", "far", "postprocessors", "extra_datasets"})
+# YAML 1.2 core-schema floats that YAML 1.1 misses: an exponent without a dot (1e-3, 5E+5) or
+# without a sign (1.0e10). Plain integers never match (they keep YAML's int resolver).
+_FLOAT_WITH_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``-style numbers as floats (see the module doc)."""
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITH_EXPONENT, list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    """YAML text -> Python data with :class:`ConfigLoader` (``yaml.YAMLError`` on bad syntax)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class Config(dict):
@@ -37,7 +59,7 @@ class Config(dict):
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(_unknown_key_message(name, self.keys(), "")) from None
+            raise AttributeError(unknown_key_message(name, self.keys(), "")) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
@@ -59,10 +81,12 @@ def _wrap(value: Any) -> Any:
     return value
 
 
-def _unknown_key_message(key: str, valid: Iterable[str], where: str) -> str:
+def unknown_key_message(key: str, valid: Iterable[str], where: str) -> str:
     valid = sorted(str(v) for v in valid)
-    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.0)
     location = f" in '{where}'" if where else ""
+    if not valid:
+        return f"unknown config key '{key}'{location}, which takes no keys."
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.0)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"unknown config key '{key}'{location}.{hint} Valid keys: {', '.join(valid)}."
 
@@ -73,7 +97,7 @@ def load_yaml(path: Path | str) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if data is None:
@@ -109,7 +133,7 @@ def merge(base: Mapping, override: Mapping, where: str = "", strict: bool = True
         is_open = section_name in OPEN_SECTIONS or not base
         if key not in result:
             if strict and not is_open:
-                raise ConfigError(_unknown_key_message(key, result.keys(), where))
+                raise ConfigError(unknown_key_message(key, result.keys(), where))
             result[key] = copy.deepcopy(value)
         elif isinstance(result[key], Mapping) and isinstance(value, Mapping):
             result[key] = merge(result[key], value, where=path, strict=strict)
@@ -119,12 +143,13 @@ def merge(base: Mapping, override: Mapping, where: str = "", strict: bool = True
 
 
 def parse_override(text: str) -> dict:
-    """Turn ``'a.b.c=VALUE'`` into ``{'a': {'b': {'c': VALUE}}}``; VALUE is parsed as YAML."""
+    """Turn ``'a.b.c=VALUE'`` into ``{'a': {'b': {'c': VALUE}}}``; VALUE is parsed as YAML
+    (:class:`ConfigLoader`: ``1e-3`` is a float)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.subkey=value")
     dotted, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
     nested: dict = {}

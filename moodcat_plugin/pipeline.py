@@ -8,6 +8,9 @@ applied) <- each method's ``configs/postprocessors/<name>.yml`` (under ``postpro
 A method's file holds OpenOOD's ``postprocessor:`` section and may add ``trainer:`` /
 ``network:`` sections: a training-time method (OE, MCD, ...) evaluates a network trained by its
 own trainer; every other method shares the benchmark's classifier.
+
+The merged config is checked against the schemas (:mod:`moodcat_plugin.run_schema`: types, ranges
+and unknown keys everywhere, one-line errors) before any data is loaded or anything trained.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from moodcat_plugin.config import Config, ConfigError, load_yaml, merge, parse_o
 from moodcat_plugin.data import Benchmark, load_benchmark, make_loader
 from moodcat_plugin.evaluation import Evaluator, write_leaderboard
 from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, closest_names
+from moodcat_plugin.run_schema import check_run_config
 from moodcat_plugin.training import checkpoint_root, fit, run_folder
 from moodcat_plugin.utils import (ensure_writable_folder, load_checkpoint, load_state_dict_strict, resolve_device,
                                   seed_everything, set_num_threads)
@@ -83,7 +87,7 @@ def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] 
     for text in overrides:
         config = merge(config, parse_override(text), where="")
     config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None})
-    not_run = sorted(set(config["postprocessors"]) - set(methods))
+    not_run = sorted(set(config["postprocessors"]) - set(methods)) if isinstance(config["postprocessors"], dict) else []
     if not_run:
         raise ConfigError(f"postprocessors.{not_run[0]} is configured but '{not_run[0]}' is not among the methods "
                           f"run ({', '.join(methods)}); add it to --postprocessor or drop the setting")
@@ -110,18 +114,8 @@ def _complete_method_section(section: dict, config: dict) -> dict:
 
 
 def validate(config: dict) -> None:
-    from moodcat_plugin.evaluation.metrics import FPR_CONVENTIONS
-
-    if config["fpr_convention"] not in FPR_CONVENTIONS:
-        raise ConfigError(f"fpr_convention '{config['fpr_convention']}' is not one of {', '.join(FPR_CONVENTIONS)}")
-    for method, section in config["postprocessors"].items():
-        if "postprocessor" not in section:
-            raise ConfigError(f"postprocessors.{method} has no 'postprocessor' section")
-        POSTPROCESSORS.get(section["postprocessor"]["name"])
-        if "trainer" in section:
-            TRAINERS.get(section["trainer"]["name"])
-    NETWORKS.get(config["network"]["name"])
-    TRAINERS.get(config["trainer"]["name"])
+    """Every key of a merged run config against its schema; ConfigError (one line) otherwise."""
+    check_run_config(config)
 
 
 def method_config(config: Config, method: str) -> Config:

@@ -27,8 +27,10 @@ import torch.nn.functional as F
 
 from moodcat_plugin.data.arrays import ImageArray
 from moodcat_plugin.errors import ConfigError
+from moodcat_plugin.schema import choice, list_of
 
 AUGMENTATIONS = ("crop", "flip")
+AUGMENT_LIST = list_of(choice(*AUGMENTATIONS), expect=f"a list of augmentations out of {', '.join(AUGMENTATIONS)}")
 CROP_PADDING = 4
 
 

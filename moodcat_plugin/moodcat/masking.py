@@ -22,9 +22,12 @@ Styles (``apply_mask``):
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Annotated, Optional, Sequence, Tuple
 
 import torch
+from pydantic import AfterValidator
+
+from moodcat_plugin.schema import list_of, number
 
 VALID_STYLES = ("random_rectangle", "none", "fixed_low", "fixed_high", "patched", "shuffle")
 TRAIN_AREA = (0.10, 0.33)
@@ -33,6 +36,17 @@ ASPECT_RATIO = (0.5, 2.5)
 FIXED_LOW_SIDE_32 = 10
 FIXED_HIGH_SIDE_32 = 18
 MAX_RECTANGLE_TRIES = 10
+AREA_WORDS = "[lo, hi] area fractions with 0 < lo <= hi < 1"
+
+
+def _ordered_area(area: list) -> list:
+    if area[0] > area[1]:
+        raise ValueError(f"must be {AREA_WORDS}")
+    return area
+
+
+#: Config type of a masked-area range (``test_area``, ``train_area``).
+AREA_RANGE = Annotated[list_of(number(gt=0, lt=1), length=2, expect=AREA_WORDS), AfterValidator(_ordered_area)]
 
 
 def _uniform(shape: Sequence[int], generator: Optional[torch.Generator],

@@ -18,6 +18,13 @@ from torch import nn
 from moodcat_plugin.networks.moodcat_layers import (
     DownResBlock, SelfAttention2d, projection_logit, sn_embedding, sn_linear)
 from moodcat_plugin.registry import register_network
+from moodcat_plugin.schema import NetworkConfig, integer
+
+
+class CbNetworkConfig(NetworkConfig):
+    """The ``cb_network:`` section of ``configs/postprocessors/moodcat.yml``."""
+
+    ch: integer(ge=8) = 64  # the self-attention block needs ch // 8 >= 1 channels
 
 
 @register_network("moodcat_cb")
@@ -27,6 +34,8 @@ class ConditionalBinaryClassifier(nn.Module):
     forward(x ``[B,3,32,32]`` in [-1,1], x_synth ``[B,3,32,32]`` in [-1,1], y ``[B]`` int64)
     -> logit ``[B]`` (unbounded; sigmoid gives P(mismatch); HIGH = mismatch = OOD).
     """
+
+    config_schema = CbNetworkConfig
 
     def __init__(self, num_classes: int, ch: int = 64):
         super().__init__()

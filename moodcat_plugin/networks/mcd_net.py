@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32, forward_with_extra_head
+from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32, ResNetConfig, forward_with_extra_head
 from moodcat_plugin.registry import register_network
 
 
@@ -22,6 +22,8 @@ class ResNet18_32x32_MCD(nn.Module):
     ``forward(x, return_double=True)`` -> (head-1 logits, head-2 logits), both (B, num_classes);
     ``return_feature`` / ``return_feature_list`` behave as in ResNet18_32x32 (head-1 logits).
     """
+
+    config_schema = ResNetConfig
 
     def __init__(self, num_classes: int = 10, width: float = 1.0):
         super().__init__()

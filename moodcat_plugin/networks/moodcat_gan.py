@@ -25,6 +25,16 @@ from moodcat_plugin.networks.biggan_decoder import BigGANDecoder
 from moodcat_plugin.networks.moodcat_encoder import MoodcatEncoder
 from moodcat_plugin.networks.unet_discriminator import UNetDiscriminator
 from moodcat_plugin.registry import register_network
+from moodcat_plugin.schema import FLAG, NetworkConfig, integer
+
+
+class MoodcatGANNetworkConfig(NetworkConfig):
+    """The ``gan_network:`` section of ``configs/postprocessors/moodcat.yml`` (reference 32/128/32)."""
+
+    ch: integer(ge=1) = 32
+    latent_dim: integer(ge=1) = 128
+    disc_ch: integer(ge=1) = 32
+    conditional: FLAG = True
 
 
 @register_network("moodcat_gan")
@@ -35,6 +45,8 @@ class MoodcatGAN(nn.Module):
     U-Net 4.15 M parameters for 10 classes). ``conditional=False`` is the unconditional
     ablation: the decoder ignores ``y`` and the discriminator sees every image with label 0.
     """
+
+    config_schema = MoodcatGANNetworkConfig
 
     def __init__(self, num_classes: int, ch: int = 32, latent_dim: int = 128, disc_ch: int = 32,
                  conditional: bool = True):

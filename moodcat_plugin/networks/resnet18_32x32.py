@@ -13,6 +13,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from moodcat_plugin.registry import register_network
+from moodcat_plugin.schema import NetworkConfig, number
+
+
+class ResNetConfig(NetworkConfig):
+    """``width`` scales every channel count (1.0 = OpenOOD's network, loads its checkpoints)."""
+
+    width: number(gt=0) = 1.0
 
 
 class BasicBlock(nn.Module):
@@ -43,6 +50,8 @@ class ResNet18_32x32(nn.Module):
     ``forward(x, return_feature=True)`` -> (logits, penultimate feature (B, feature_size));
     ``return_feature_list=True`` -> (logits, [stem, layer1, layer2, layer3, pooled layer4]).
     """
+
+    config_schema = ResNetConfig
 
     def __init__(self, num_classes: int = 10, width: float = 1.0):
         super().__init__()

@@ -12,8 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32, forward_with_extra_head
+from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32, ResNetConfig, forward_with_extra_head
 from moodcat_plugin.registry import register_network
+from moodcat_plugin.schema import integer
+
+
+class UDGNetConfig(ResNetConfig):
+    num_clusters: integer(ge=1) = 1000  # initial head size only (the trainer resets it)
 
 
 @register_network("resnet18_32x32_udg")
@@ -25,6 +30,8 @@ class ResNet18_32x32_UDG(nn.Module):
     ``num_clusters`` is only the initial head size: the UDG trainer calls
     :meth:`reset_cluster_head` with the number of clusters it derives from the data size.
     """
+
+    config_schema = UDGNetConfig
 
     def __init__(self, num_classes: int = 10, width: float = 1.0, num_clusters: int = 1000):
         super().__init__()

@@ -3,7 +3,9 @@
 ``conf`` is higher for more in-distribution inputs. Arguments come from
 ``config.postprocessor.postprocessor_args`` and become attributes (``self.temperature``);
 ``postprocessor_sweep`` lists candidate values per argument for APS (``args_dict``), in the
-order ``set_hyperparam`` receives them.
+order ``set_hyperparam`` receives them. A postprocessor declares its arguments in
+``args_schema`` and the extra sections its method file must hold in ``config_sections``
+(:mod:`moodcat_plugin.schema`); the pipeline checks both when a run's config is loaded.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import register_postprocessor
+from moodcat_plugin.schema import NoArgs
 
 
 @register_postprocessor("msp")
@@ -24,6 +27,10 @@ class BasePostprocessor:
     #: True when conf is a function of the logits alone; the evaluator then computes each
     #: dataset's logits once and shares them between such methods (and across APS candidates).
     uses_logits_only = True
+    #: Schema of ``postprocessor_args`` (MSP takes none).
+    args_schema = NoArgs
+    #: Sections of the method file besides postprocessor/trainer/network: name -> schema or Registered.
+    config_sections: Dict[str, object] = {}
     #: Per-sample confs of named components from the last ``postprocess`` call (e.g. per scorer).
     last_components: Dict[str, torch.Tensor]
 

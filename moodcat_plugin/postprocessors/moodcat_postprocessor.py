@@ -20,10 +20,14 @@ Setup (each part cached in its own run folder, keyed by the config that determin
 4. Sample grids (input / masked / synthesis) of ID test and every OOD set under
    ``<output_dir>/<dataset>/moodcat_grids/<set>.png``.
 
-Arguments (``postprocessor_args``): ``scorers`` (subset of cb, lpips, dists; ``cb`` stands for
-every entry of ``cb_variants``), ``cb_variants`` ([cb] or [cb, cb_ext]), ``mask_style``,
-``test_area`` ([lo, hi] area fraction), ``num_masks`` (K > 1 averages each distance over K
-masks), ``label_source`` (only ``predicted``; see below), ``use_ema`` (decoder EMA weights).
+Arguments (``postprocessor_args``, schema :class:`MoodcatArgs`): ``scorers`` (subset of cb,
+lpips, dists; ``cb`` stands for every entry of ``cb_variants``), ``cb_variants`` ([cb] or [cb,
+cb_ext]), ``mask_style``, ``test_area`` ([lo, hi] area fraction), ``num_masks`` (K > 1 averages
+each distance over K masks), ``label_source`` (only ``predicted``; see below), ``use_ema``
+(decoder EMA weights). The method file's other sections (``MoodcatPostprocessor.config_sections``)
+are checked by the schemas of the MoodcatGAN network (``gan_network``), the trainers
+``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb network (``cb_network``) and
+:class:`IqaConfig` (``iqa``).
 
 Per-scorer confs (``-distance``) are recorded in ``last_components`` (leaderboard rows
 ``moodcat:cb``, ``moodcat:lpips``, ... = the paper's Table 4 single-scorer results).
@@ -41,10 +45,11 @@ import logging
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from pydantic import AfterValidator
 from tqdm import tqdm
 
 from moodcat_plugin.config import Config
@@ -53,12 +58,13 @@ from moodcat_plugin.data.arrays import stratified_holdout
 from moodcat_plugin.errors import ConfigError, DataError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.images import class_name, save_labelled_grid, to_signed_unit
-from moodcat_plugin.moodcat.masking import VALID_STYLES
-from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, CbScorer, build_iqa_scorer,
+from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES
+from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, LPIPS_TRUNKS, CbScorer, build_iqa_scorer,
                                             check_cached_weights)
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
+from moodcat_plugin.schema import FLAG, Expect, Registered, Schema, check, choice, integer, list_of
 from moodcat_plugin.training import FINAL, fit, run_folder
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,48 @@ SCORING_SEED_OFFSET = 101
 LABEL_SOURCES = ("predicted",)
 FINGERPRINT_SAMPLES = 256
 FINGERPRINT_SEED = 0
+CB_VARIANTS = (["cb"], ["cb", "cb_ext"])
+
+
+def _distinct(values: List[str]) -> List[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("must not name a scorer twice")
+    return values
+
+
+def _cb_variants(values: List[str]) -> List[str]:
+    if values not in CB_VARIANTS:
+        raise ValueError("must be [cb] or [cb, cb_ext]")
+    return values
+
+
+def _deployable_label_source(value: Any) -> Any:
+    if value not in LABEL_SOURCES:
+        raise ValueError("must be 'predicted' (the paper's y = C(x)); the public code conditions ID test images on "
+                         "their TRUE label, which a deployed detector (and postprocess()) does not have")
+    return value
+
+
+class MoodcatArgs(Schema):
+    """MOODCAT's ``postprocessor_args`` (defaults: what the code uses when a key is absent)."""
+
+    scorers: Annotated[list_of(choice("cb", *IQA_SCORERS), min_length=1,
+                               expect=f"a non-empty subset of cb, {', '.join(IQA_SCORERS)}"),
+                       AfterValidator(_distinct)] = ["cb"]
+    cb_variants: Annotated[list_of(choice(*CB_SCORERS), expect="[cb] or [cb, cb_ext]"),
+                           AfterValidator(_cb_variants)] = ["cb"]
+    mask_style: choice(*VALID_STYLES) = "random_rectangle"
+    test_area: AREA_RANGE = list(TEST_AREA)
+    num_masks: integer(ge=1) = 1
+    label_source: Annotated[Any, AfterValidator(_deployable_label_source), Expect("'predicted'")] = "predicted"
+    use_ema: FLAG = False
+
+
+class IqaConfig(Schema):
+    """The ``iqa:`` section: LPIPS/DISTS trunks (``pretrained: false`` = random trunks, tests only)."""
+
+    pretrained: FLAG = True
+    lpips_trunk: choice(*LPIPS_TRUNKS) = "vgg"
 
 
 @register_postprocessor("moodcat")
@@ -75,11 +123,20 @@ class MoodcatPostprocessor(BasePostprocessor):
     """MOODCAT: conf = cascade of calibrated scorers on (x, G(M(x), C(x))); higher = more ID."""
 
     uses_logits_only = False
+    args_schema = MoodcatArgs
+    config_sections = {
+        "gan_network": Registered(NETWORKS, default_name="moodcat_gan"),
+        "gan": Registered(TRAINERS),
+        "cb_network": Registered(NETWORKS, default_name="moodcat_cb"),
+        "cb": Registered(TRAINERS),
+        "iqa": IqaConfig,
+    }
 
     def __init__(self, config, drop_scorers_hint: str = DROP_HINT):
         """``drop_scorers_hint``: how the caller's user sets ``scorers: [cb]`` when IQA weights are
         missing (our CLI's ``--set`` by default; the OpenOOD bridge passes its config key)."""
         super().__init__(config)
+        check(MoodcatArgs, self.args, "postprocessor.postprocessor_args")  # also without the pipeline (OpenOOD)
         self.scorers = list(self.args.get("scorers", ["cb"]))
         self.cb_variants = list(self.args.get("cb_variants", ["cb"]))
         self.mask_style = self.args.get("mask_style", "random_rectangle")
@@ -87,7 +144,6 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.num_masks = int(self.args.get("num_masks", 1))
         self.label_source = self.args.get("label_source", "predicted")
         self.use_ema = bool(self.args.get("use_ema", False))
-        self._validate_args()
         self.iqa_cfg = dict(config.get("iqa") or {})
         self.iqa_pretrained = bool(self.iqa_cfg.get("pretrained", True))
         if self.iqa_pretrained:  # fail before any training when weights are missing
@@ -103,28 +159,6 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.training_info: Dict[str, dict] = {}
         self.run_meta: dict = {}
         self.generator = torch.Generator().manual_seed(int(config.get("seed", 0)) + SCORING_SEED_OFFSET)
-
-    # -- configuration -------------------------------------------------------------------------
-    def _validate_args(self) -> None:
-        unknown = set(self.scorers) - {"cb", *IQA_SCORERS}
-        if unknown or not self.scorers:
-            raise ConfigError(f"postprocessor_args.scorers {self.scorers}: use a non-empty subset of cb, "
-                              f"{', '.join(IQA_SCORERS)}")
-        if not self.cb_variants or set(self.cb_variants) - set(CB_SCORERS) or self.cb_variants[0] != "cb":
-            raise ConfigError(f"postprocessor_args.cb_variants {self.cb_variants}: use [cb] or [cb, cb_ext]")
-        if self.mask_style not in VALID_STYLES:
-            raise ConfigError(f"postprocessor_args.mask_style '{self.mask_style}' is not one of "
-                              f"{', '.join(VALID_STYLES)}")
-        if len(self.test_area) != 2 or not 0 < self.test_area[0] <= self.test_area[1] < 1:
-            raise ConfigError(f"postprocessor_args.test_area {list(self.test_area)}: need [lo, hi] with 0 < lo <= hi < 1")
-        if self.num_masks < 1:
-            raise ConfigError(f"postprocessor_args.num_masks must be >= 1, got {self.num_masks}")
-        if self.label_source not in LABEL_SOURCES:
-            raise ConfigError(
-                f"postprocessor_args.label_source '{self.label_source}' is not supported: the public MOODCAT "
-                "code conditions ID test images on their TRUE label (and OOD images on random labels), which "
-                "needs test labels that a deployed detector (and postprocess(), which gets no labels) does not "
-                "have. Use label_source: predicted (the paper's y = C(x)).")
 
     @property
     def iqa_scorers(self):

@@ -11,6 +11,12 @@ import torch.nn.functional as F
 
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import register_postprocessor
+from moodcat_plugin.schema import Schema, number
+
+
+class ODINArgs(Schema):
+    temperature: number(gt=0)
+    noise: number(ge=0)   # pixel-space step
 
 
 @register_postprocessor("odin")
@@ -18,6 +24,7 @@ class ODINPostprocessor(BasePostprocessor):
     """Args: temperature (T), noise (pixel-space step). conf in (0, 1]."""
 
     uses_logits_only = False
+    args_schema = ODINArgs
 
     def __init__(self, config):
         super().__init__(config)

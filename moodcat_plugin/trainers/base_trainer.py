@@ -8,6 +8,8 @@ optimiser, schedule, and the position of every resumable data stream, see
 :class:`~moodcat_plugin.data.loaders.ShuffledBatches`), used by
 :func:`moodcat_plugin.training.fit` for atomic checkpoints. Loaders without a position (a plain
 ``DataLoader``, as OpenOOD passes in) still train, but resume at the start of a fresh pass.
+Each trainer declares the keys of its ``trainer:`` section in ``config_schema`` (checked at load,
+see :mod:`moodcat_plugin.schema`).
 """
 from __future__ import annotations
 
@@ -17,14 +19,43 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 import torch.nn.functional as F
+from pydantic import ValidationInfo, field_validator
 
 from moodcat_plugin.registry import register_trainer
+from moodcat_plugin.schema import FLAG, TrainerConfig, integer, list_of, number, optional
+
+
+class StepTrainerConfig(TrainerConfig):
+    """A step trainer's section: one "epoch" is ``steps_per_epoch`` steps (null: one pass of the loader)."""
+
+    steps_per_epoch: optional(integer(ge=1)) = None
+
+
+#: Config type of Adam's (beta1, beta2).
+ADAM_BETAS = list_of(number(ge=0, lt=1), length=2, expect="[beta1, beta2], each a number in [0, 1)")
+
+
+class SGDConfig(TrainerConfig):
+    """OpenOOD's classifier recipe (``configs/trainers/base.yml``): SGD, cosine decay per step."""
+
+    lr: number(gt=0)
+    momentum: number(ge=0, lt=1)
+    nesterov: FLAG
+    weight_decay: number(ge=0)
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, nesterov: bool, info: ValidationInfo) -> bool:
+        if nesterov and info.data.get("momentum") == 0:
+            raise ValueError("can only be true with momentum > 0 (torch's SGD)")
+        return nesterov
 
 
 class BaseTrainer:
     """Shared plumbing: device, number of epochs, per-step cosine learning-rate schedule."""
 
     uses_outlier_data = False
+    config_schema = TrainerConfig
 
     def __init__(self, net: nn.Module, train_loader, config):
         self.net = net
@@ -106,6 +137,8 @@ class StepTrainer(BaseTrainer):
     """A trainer whose "epoch" is ``config.trainer.steps_per_epoch`` steps over an endlessly
     cycled loader (GAN and Cb training); the global step is part of the checkpoint."""
 
+    config_schema = StepTrainerConfig
+
     def __init__(self, net, train_loader, config):
         super().__init__(net, train_loader, config)
         self.step = 0
@@ -148,6 +181,8 @@ def batch_to(batch: dict, device: torch.device):
 @register_trainer("base")
 class ClassifierTrainer(BaseTrainer):
     """Plain cross-entropy classifier training (OpenOOD's default recipe)."""
+
+    config_schema = SGDConfig
 
     def __init__(self, net, train_loader, config):
         super().__init__(net, train_loader, config)

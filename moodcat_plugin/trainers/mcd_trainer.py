@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from moodcat_plugin.registry import register_trainer
+from moodcat_plugin.schema import number
 from moodcat_plugin.trainers.base_trainer import batch_to
-from moodcat_plugin.trainers.oe_trainer import OutlierTrainerBase
+from moodcat_plugin.trainers.oe_trainer import OutlierTrainerBase, OutlierTrainerConfig
 
 
 def class_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -46,6 +47,12 @@ def first_discrepancy_epoch(num_epochs: int, fraction: float) -> int:
     return num_epochs - min(last, num_epochs) + 1
 
 
+class MCDConfig(OutlierTrainerConfig):
+    lambda_mcd: number(ge=0) = 1.0
+    margin: number(ge=0) = 1.2
+    discrepancy_fraction: number(ge=0, le=1) = 0.1
+
+
 @register_trainer("mcd")
 class MCDTrainer(OutlierTrainerBase):
     """CE on both heads for ID data; the discrepancy hinge on outliers in the last epochs.
@@ -55,6 +62,8 @@ class MCDTrainer(OutlierTrainerBase):
     ``loss_discrepancy`` (hinge, 0 before the outlier epochs), ``entropy_gap`` (mean
     H(p1) - H(p2) on outliers; only in the outlier epochs, so history.json stays valid JSON).
     """
+
+    config_schema = MCDConfig
 
     def __init__(self, net, train_loader, train_unlabeled_loader, config):
         super().__init__(net, train_loader, train_unlabeled_loader, config)

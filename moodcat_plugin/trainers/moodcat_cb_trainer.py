@@ -31,15 +31,29 @@ import torch
 import torch.nn.functional as F
 
 from moodcat_plugin.moodcat.images import to_signed_unit
-from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
+from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES, apply_mask
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
+from moodcat_plugin.data.loaders import AUGMENT_LIST
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.trainers.base_trainer import StepTrainer, batch_to, endless
+from moodcat_plugin.schema import FLAG, choice, integer, number
+from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, endless
 
 VAL_SEED = 4321
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
             "train_area": TEST_AREA, "use_ema": False}
+
+
+class MoodcatCbConfig(StepTrainerConfig):
+    """The ``cb:`` section of ``configs/postprocessors/moodcat.yml``; absent keys take DEFAULTS."""
+
+    outlier_batch_size: integer(ge=1) = None      # Cb(ext) only; absent: batch_size
+    lr: number(gt=0) = DEFAULTS["lr"]
+    betas: ADAM_BETAS = DEFAULTS["betas"]
+    mask_style: choice(*VALID_STYLES) = DEFAULTS["mask_style"]
+    train_area: AREA_RANGE = DEFAULTS["train_area"]
+    use_ema: FLAG = DEFAULTS["use_ema"]
+    augment: AUGMENT_LIST = ("flip",)
 
 
 def mismatched_labels(labels: torch.Tensor, num_classes: int,
@@ -69,6 +83,8 @@ def binary_accuracy(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> Tuple
 @register_trainer("moodcat_cb")
 class MoodcatCbTrainer(StepTrainer):
     """Trains ``ConditionalBinaryClassifier`` on matched vs mismatched synthesis pairs."""
+
+    config_schema = MoodcatCbConfig
 
     def __init__(self, net: ConditionalBinaryClassifier, train_loader, config, generator: MoodcatGAN,
                  unlabeled_loader=None, val_loader=None):

@@ -49,8 +49,10 @@ import torch.nn.functional as F
 from moodcat_plugin.moodcat.images import class_name, from_signed_unit, save_labelled_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, apply_mask, box_mask
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
+from moodcat_plugin.data.loaders import AUGMENT_LIST
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.trainers.base_trainer import StepTrainer, batch_to
+from moodcat_plugin.schema import FLAG, integer, number, optional
+from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,26 @@ DEFAULTS = {
     "cutmix_warmup_epochs": 200, "ema_decay": None, "sample_every": 500, "log_every": 50,
     "class_consistency_weight": 0.0,
 }
+
+
+class MoodcatGANConfig(StepTrainerConfig):
+    """The ``gan:`` section of ``configs/postprocessors/moodcat.yml``; absent keys take DEFAULTS."""
+
+    lr_g: number(gt=0) = DEFAULTS["lr_g"]
+    lr_d: number(gt=0) = DEFAULTS["lr_d"]
+    betas: ADAM_BETAS = DEFAULTS["betas"]
+    kl_weight: number(ge=0) = DEFAULTS["kl_weight"]
+    ssim_weight: number(ge=0) = DEFAULTS["ssim_weight"]
+    mse_weight: number(ge=0) = DEFAULTS["mse_weight"]
+    l1_weight: number(ge=0) = DEFAULTS["l1_weight"]
+    cutmix: FLAG = DEFAULTS["cutmix"]
+    cutmix_warmup_epochs: optional(integer(ge=0)) = DEFAULTS["cutmix_warmup_epochs"]
+    ema_decay: optional(number(ge=0, lt=1)) = DEFAULTS["ema_decay"]         # null / 0: no EMA
+    sample_every: optional(integer(ge=0)) = DEFAULTS["sample_every"]     # null / 0: never
+    log_every: optional(integer(ge=0)) = DEFAULTS["log_every"]           # null / 0: never
+    augment: AUGMENT_LIST = ("flip",)
+    holdout_for_cb: number(ge=0, lt=1) = 0.0
+    class_consistency_weight: number(ge=0) = DEFAULTS["class_consistency_weight"]
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -111,6 +133,8 @@ def random_cutmix_masks(batch: int, size: int, device: torch.device) -> torch.Te
 @register_trainer("moodcat_gan")
 class MoodcatGANTrainer(StepTrainer):
     """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
+
+    config_schema = MoodcatGANConfig
 
     def __init__(self, net: MoodcatGAN, train_loader, config, classifier: Optional[torch.nn.Module] = None):
         super().__init__(net, train_loader, config)

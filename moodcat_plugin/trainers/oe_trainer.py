@@ -16,7 +16,18 @@ import torch
 import torch.nn.functional as F
 
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.trainers.base_trainer import BaseTrainer, batch_to, endless, sgd_with_cosine
+from moodcat_plugin.schema import integer, number
+from moodcat_plugin.trainers.base_trainer import BaseTrainer, SGDConfig, batch_to, endless, sgd_with_cosine
+
+
+class OutlierTrainerConfig(SGDConfig):
+    """The classifier recipe plus the outlier batch size (absent: the ID batch size)."""
+
+    outlier_batch_size: integer(ge=1) = None
+
+
+class OEConfig(OutlierTrainerConfig):
+    lambda_oe: number(ge=0) = 0.5
 
 
 def uniform_cross_entropy(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,6 +48,7 @@ class OutlierTrainerBase(BaseTrainer):
     """Plumbing shared by the trainers that see outlier data: loaders, SGD + cosine, device."""
 
     uses_outlier_data = True
+    config_schema = OutlierTrainerConfig
 
     def __init__(self, net, train_loader, train_unlabeled_loader, config):
         super().__init__(net, train_loader, config)
@@ -65,6 +77,8 @@ class OETrainer(OutlierTrainerBase):
     config.trainer: the classifier recipe (lr, momentum, ...) plus ``lambda_oe`` (default 0.5).
     Metrics per epoch: ``loss`` (total), ``loss_id`` and ``loss_oe`` (unweighted), sample means.
     """
+
+    config_schema = OEConfig
 
     def __init__(self, net, train_loader, train_unlabeled_loader, config):
         super().__init__(net, train_loader, train_unlabeled_loader, config)

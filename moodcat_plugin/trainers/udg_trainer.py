@@ -44,8 +44,9 @@ import torch.nn.functional as F
 
 from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import register_trainer
+from moodcat_plugin.schema import choice, either, integer, number
 from moodcat_plugin.trainers.base_trainer import batch_to
-from moodcat_plugin.trainers.oe_trainer import OutlierTrainerBase, uniform_cross_entropy
+from moodcat_plugin.trainers.oe_trainer import OutlierTrainerBase, OutlierTrainerConfig, uniform_cross_entropy
 
 SAMPLES_PER_CLUSTER = 100
 MIN_CLUSTERS, MAX_CLUSTERS = 10, 1000
@@ -156,6 +157,18 @@ class ClusterState:
     cluster_weight: torch.Tensor          # (num_clusters,) float, aux-loss weight per cluster
 
 
+class UDGConfig(OutlierTrainerConfig):
+    num_clusters: either(choice("auto"), integer(ge=2)) = "auto"
+    pca_dim: integer(ge=1) = 256
+    purity_ind_thresh: number(gt=0, le=1) = 0.8
+    purity_ood_thresh: number(gt=0, le=1) = 0.8
+    oe_enhance_ratio: number(ge=0) = 2.0
+    lambda_oe: number(ge=0) = 0.5
+    lambda_aux: number(ge=0) = 0.1
+    kmeans_iters: integer(ge=1) = 20
+    kmeans_minibatch_above: integer(ge=1) = 50000
+
+
 @register_trainer("udg")
 class UDGTrainer(OutlierTrainerBase):
     """Per-epoch clustering, then CE + lambda_oe * uniform-CE on unlabeled images left without a class
@@ -166,6 +179,8 @@ class UDGTrainer(OutlierTrainerBase):
     ``lambda_oe`` (0.5), ``lambda_aux`` (0.1), ``kmeans_iters`` (20), ``kmeans_minibatch_above`` (50000).
     The network must have an auxiliary head: ``resnet18_32x32_udg``.
     """
+
+    config_schema = UDGConfig
 
     def __init__(self, net, train_loader, train_unlabeled_loader, config):
         if not hasattr(net, "reset_cluster_head"):
