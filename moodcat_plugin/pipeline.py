@@ -194,7 +194,14 @@ class Runner:
         return net, info
 
     # -- methods ---------------------------------------------------------------------------------
-    def run_method(self, method: str) -> Path:
+    def run_method(self, method: str, row: Optional[str] = None) -> Path:
+        """Train what ``method`` needs, score every set and save the scores under ``row``
+        (default: the method's name; the ablation script runs variants of one method as rows)."""
+        postprocessor, net, meta = self.prepare_method(method)
+        return self.evaluator.evaluate(row or method, postprocessor, net, meta)
+
+    def prepare_method(self, method: str):
+        """(postprocessor, network, meta) of ``method``: config checked, network trained or loaded."""
         cfg = method_config(self.config, method)
         postprocessor = POSTPROCESSORS.get(cfg.postprocessor.name)(cfg)  # config errors before any training
         net, info = self.network_for(cfg, method)
@@ -205,7 +212,7 @@ class Runner:
             raise ConfigError(f"method '{method}' needs outlier data, which benchmark '{cfg.dataset.name}' lacks")
         postprocessor.benchmark = self.benchmark
         postprocessor.outlier_set = self.benchmark.outlier
-        return self.evaluator.evaluate(method, postprocessor, net, meta)
+        return postprocessor, net, meta
 
     def leaderboard(self) -> str:
         return write_leaderboard(self.results_dir, self.config.dataset.name, self.config.fpr_convention)

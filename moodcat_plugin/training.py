@@ -6,7 +6,7 @@ Layout of one run folder (``<checkpoint_dir>/<name>-<hash>/``, by default
     last.ckpt      everything to resume (epoch, trainer state incl. data-stream positions, RNG
                    states), rewritten atomically after each epoch
     final.ckpt     trained weights of every saved module, written once training ends
-    history.json   per-epoch metrics
+    history.json   per-epoch metrics (with the epoch's wall time, ``seconds``)
     config.json    the config sections the hash was computed from
 
 A later run with the same config finds ``final.ckpt`` and trains nothing. Checkpoints hold only
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Dict
 
@@ -118,8 +119,10 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     epochs = tqdm(range(start_epoch, trainer.num_epochs), desc=f"training {description or run_dir.name}",
                   disable=not progress, initial=start_epoch, total=trainer.num_epochs, unit="epoch")
     for epoch in epochs:
+        started = time.perf_counter()
         _, metrics = trainer.train_epoch(epoch + 1)
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
+        metrics["seconds"] = round(time.perf_counter() - started, 2)
         _check_finite(metrics, run_dir, epoch + 1)
         history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['loss']:.4f}")

@@ -181,11 +181,7 @@ class MoodcatPostprocessor(BasePostprocessor):
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
         net.eval()
-        if self.gan is None:
-            self.gan, gan_key = self._train_gan(net, id_loader_dict)
-            cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key)
-                   for variant in self.scorer_names if variant in CB_SCORERS}
-            self.scorer_modules = self._build_scorers(cbs)
+        self.train(net, id_loader_dict)
         self._calibrate(net, id_loader_dict["val"])
         self._save_grids(net, id_loader_dict, ood_loader_dict)
         self.generator.manual_seed(int(self.config.get("seed", 0)) + SCORING_SEED_OFFSET)
@@ -200,6 +196,17 @@ class MoodcatPostprocessor(BasePostprocessor):
         }
         log.info("MOODCAT ready: %s", self.summary())
         log.debug("MOODCAT details: %s", self.run_meta)
+
+    def train(self, net, id_loader_dict) -> None:
+        """Train (or load from the cache) the generator and every Cb variant; idempotent.
+        ``net`` (the classifier) may be None when no part needs it (no Cb(ext), no class
+        consistency): the paper's generator and Cb never see the classifier."""
+        if self.gan is not None:
+            return
+        self.gan, gan_key = self._train_gan(net, id_loader_dict)
+        cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key)
+               for variant in self.scorer_names if variant in CB_SCORERS}
+        self.scorer_modules = self._build_scorers(cbs)
 
     def summary(self) -> str:
         """One short line: scorers, Cb validation accuracy, calibration size, grid folder."""

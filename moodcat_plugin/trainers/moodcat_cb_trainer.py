@@ -30,6 +30,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from moodcat_plugin.moodcat.diagnostics import mismatched_labels, pair_accuracy
 from moodcat_plugin.moodcat.images import to_signed_unit
 from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES, apply_mask
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
@@ -39,7 +40,6 @@ from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.schema import FLAG, choice, integer, number
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, endless
 
-VAL_SEED = 4321
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
             "train_area": TEST_AREA, "use_ema": False}
 
@@ -54,19 +54,6 @@ class MoodcatCbConfig(StepTrainerConfig):
     train_area: AREA_RANGE = DEFAULTS["train_area"]
     use_ema: FLAG = DEFAULTS["use_ema"]
     augment: AUGMENT_LIST = ("flip",)
-
-
-def mismatched_labels(labels: torch.Tensor, num_classes: int,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Labels ``y'`` ``[B]`` uniform over the classes != ``labels``; uniform over all classes
-    where a label is negative (unknown). Requires ``num_classes >= 2``."""
-    if num_classes < 2:
-        raise ValueError("mismatched labels need at least two classes")
-    device = labels.device
-    draw_device = generator.device if generator is not None else device
-    shift = torch.randint(1, num_classes, labels.shape, generator=generator, device=draw_device).to(device)
-    any_class = torch.randint(0, num_classes, labels.shape, generator=generator, device=draw_device).to(device)
-    return torch.where(labels >= 0, (labels + shift) % num_classes, any_class)
 
 
 def hinge_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
@@ -173,19 +160,9 @@ class MoodcatCbTrainer(StepTrainer):
             metrics["val_acc"] = self.evaluate(self.val_loader)
         return self.net, metrics
 
-    @torch.no_grad()
     def evaluate(self, loader) -> float:
-        """Binary accuracy on one positive and one negative pair per image of ``loader``
-        (fixed masks and wrong labels, seed ``VAL_SEED``); Cb in eval mode, mode restored."""
-        was_training = self.net.training
-        self.net.eval()
-        generator = torch.Generator(device=self.device).manual_seed(VAL_SEED)
-        correct, total = 0, 0
-        for batch in loader:
-            x, y = self.images_and_labels(batch)
-            images, synth, cond, is_negative = self.labelled_pairs(x, y, generator)
-            logits = self.net(images, synth, cond)
-            c, t = binary_accuracy(logits[~is_negative], logits[is_negative])
-            correct, total = correct + c, total + t
-        self.net.train(was_training)
-        return correct / max(1, total)
+        """Binary accuracy on one matched and one mismatched pair per image of ``loader`` (fixed
+        masks and wrong labels, :func:`~moodcat_plugin.moodcat.diagnostics.pair_accuracy`)."""
+        return pair_accuracy(self.net, self.generator, loader, self.mean, self.std, self.num_classes,
+                             self.args["mask_style"], self.args["train_area"], use_ema=bool(self.args["use_ema"]),
+                             device=self.device)

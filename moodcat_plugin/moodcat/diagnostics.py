@@ -1,0 +1,96 @@
+"""What a trained MOODCAT actually uses: measurements for the ablation tables (issue 8).
+
+All on in-distribution validation images with their TRUE labels, fixed masks and fixed wrong
+labels (seeded), so variants are compared on the same pairs:
+
+* :func:`pair_accuracy` -- Cb's binary accuracy on one matched pair ``(x, G(M(x), y), y)`` and
+  one mismatched pair ``(x, G(M(x), y'), y')`` per image (logit > 0 = mismatch). With
+  ``shuffle_synthesis`` every image is paired with ANOTHER image's synthesis (the batch rolled by
+  one, labels kept): if the accuracy hardly drops, Cb judges (x, y) and ignores x'.
+* :func:`label_effect` -- how much the label changes the synthesis: mean squared difference
+  between syntheses of one masked image under its label and under a wrong label, relative to
+  the reconstruction error of the matched synthesis (MSE(x', x)). Near 0: the generator
+  ignores the label.
+
+Images are in [-1, 1] throughout (loader batches are converted with the benchmark mean/std).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from moodcat_plugin.moodcat.images import to_signed_unit
+from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
+
+DIAGNOSTIC_SEED = 4321
+
+
+def mismatched_labels(labels: torch.Tensor, num_classes: int,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Labels ``y'`` ``[B]`` uniform over the classes != ``labels``; uniform over all classes
+    where a label is negative (unknown). Requires ``num_classes >= 2``."""
+    if num_classes < 2:
+        raise ValueError("mismatched labels need at least two classes")
+    device = labels.device
+    draw_device = generator.device if generator is not None else device
+    shift = torch.randint(1, num_classes, labels.shape, generator=generator, device=draw_device).to(device)
+    any_class = torch.randint(0, num_classes, labels.shape, generator=generator, device=draw_device).to(device)
+    return torch.where(labels >= 0, (labels + shift) % num_classes, any_class)
+
+
+def matched_and_mismatched(gan, x: torch.Tensor, y: torch.Tensor, num_classes: int, mask_style: str,
+                           area: Sequence[float], use_ema: bool = False,
+                           generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, ...]:
+    """(wrong labels ``[B]``, synthesis under y, synthesis under y') of x ``[B,3,H,W]`` in
+    [-1,1], both from the SAME masked image."""
+    wrong = mismatched_labels(y, num_classes, generator)
+    masked = apply_mask(x, mask_style, area=tuple(area), generator=generator)
+    both = gan.synthesize_from_masked(torch.cat([masked, masked]), torch.cat([y, wrong]), use_ema=use_ema)
+    return wrong, both[: len(x)], both[len(x):]
+
+
+def _batches(loader, mean, std, device):
+    for batch in loader:
+        yield to_signed_unit(batch["data"].to(device), mean, std), batch["label"].to(device)
+
+
+@torch.no_grad()
+def pair_accuracy(cb, gan, loader, mean, std, num_classes: int, mask_style: str = "random_rectangle",
+                  area: Sequence[float] = TEST_AREA, shuffle_synthesis: bool = False, use_ema: bool = False,
+                  device: torch.device | str = "cpu") -> float:
+    """Binary accuracy of ``cb`` in [0, 1] over matched + mismatched pairs (see module doc)."""
+    generator = torch.Generator().manual_seed(DIAGNOSTIC_SEED)
+    was_training = cb.training
+    cb.eval()
+    correct = total = 0
+    for x, y in _batches(loader, mean, std, device):
+        wrong, matched, mismatched = matched_and_mismatched(gan, x, y, num_classes, mask_style, area, use_ema,
+                                                            generator)
+        if shuffle_synthesis:
+            matched, mismatched = matched.roll(1, dims=0), mismatched.roll(1, dims=0)
+        positive = cb(x, matched, y)
+        negative = cb(x, mismatched, wrong)
+        correct += int((positive < 0).sum()) + int((negative > 0).sum())
+        total += 2 * len(y)
+    cb.train(was_training)
+    return correct / max(1, total)
+
+
+@torch.no_grad()
+def label_effect(gan, loader, mean, std, num_classes: int, mask_style: str = "random_rectangle",
+                 area: Sequence[float] = TEST_AREA, use_ema: bool = False,
+                 device: torch.device | str = "cpu") -> Dict[str, float]:
+    """``{'label_mse', 'recon_mse', 'ratio'}``: MSE(G(M(x), y), G(M(x), y')) against
+    MSE(G(M(x), y), x), means over pixels and images; ratio = label_mse / recon_mse."""
+    generator = torch.Generator().manual_seed(DIAGNOSTIC_SEED)
+    label_sum = recon_sum = 0.0
+    count = 0
+    for x, y in _batches(loader, mean, std, device):
+        _, matched, mismatched = matched_and_mismatched(gan, x, y, num_classes, mask_style, area, use_ema,
+                                                        generator)
+        label_sum += float((matched - mismatched).pow(2).mean(dim=(1, 2, 3)).sum())
+        recon_sum += float((matched - x).pow(2).mean(dim=(1, 2, 3)).sum())
+        count += len(y)
+    label_mse, recon_mse = label_sum / max(1, count), recon_sum / max(1, count)
+    return {"label_mse": label_mse, "recon_mse": recon_mse, "ratio": label_mse / max(recon_mse, 1e-12)}

@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""MOODCAT ablation under the deployable protocol: one table of variants on one classifier.
+
+Variants come from a YAML file (default ``configs/ablations/moodcat_deployable.yml``): each is
+a method file plus ``--set``-style overrides. For each variant this trains what is not cached
+(generator, Cb; variants that keep the generator share it), scores every set with the labels
+the classifier predicts, and measures on ID val what the variant actually uses
+(:mod:`moodcat_plugin.moodcat.diagnostics`). Writes ``<output>/ablation/<benchmark>/``:
+per-variant scores (a normal leaderboard, ``leaderboard.md``) and ``ablation.{md,json}``, the
+table of issue 8: Cb val accuracy, accuracy with x' shuffled, label effect on x', near/far AUROC
+and FPR@95, training time.
+
+    python scripts/moodcat_ablation.py -b cifar10 --profile cpu --output-dir results
+    python scripts/moodcat_ablation.py -b cifar10 --stage train     # classifier-free parts only
+
+``--stage train`` trains the generators and Cbs that do not need the classifier (so they can
+train while the classifier does, in another process); ``all`` (default) runs everything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from moodcat_plugin.config import load_yaml
+from moodcat_plugin.errors import UserError
+from moodcat_plugin.evaluation.leaderboard import collect_rows, table_values, _columns
+from moodcat_plugin.moodcat.diagnostics import label_effect, pair_accuracy
+from moodcat_plugin.pipeline import Runner, build_config, default_config_root, method_config
+from moodcat_plugin.registry import POSTPROCESSORS
+from moodcat_plugin.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("moodcat_ablation")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--benchmark", "-b", default="cifar10")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--ablation", type=Path, default=default_config_root() / "ablations" / "moodcat_deployable.yml")
+    parser.add_argument("--variants", nargs="+", help="names to run (default: all in the file)")
+    parser.add_argument("--stage", choices=["train", "all"], default="all")
+    parser.add_argument("--output-dir", type=Path, default=Path("results"))
+    parser.add_argument("--data-root")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--set", action="append", default=[], dest="overrides", help="global override")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def variant_overrides(method: str, settings: dict) -> list:
+    return [f"postprocessors.{method}.{key}={json.dumps(value)}" for key, value in (settings or {}).items()]
+
+
+def variant_config(args, variant: dict, default_method: str):
+    method = variant.get("method", default_method)
+    flags = {"output_dir": str(args.output_dir / "ablation"), "checkpoint_dir": str(args.output_dir / "checkpoints"),
+             "data_root": args.data_root, "device": args.device, "progress": False if args.no_progress else None}
+    overrides = list(args.overrides) + variant_overrides(method, variant.get("set"))
+    return method, build_config(args.benchmark, [method], args.profile, overrides=overrides, flags=flags)
+
+
+def needs_classifier(post) -> bool:
+    """Whether training this MOODCAT variant needs the classifier (pseudo-labels, consistency, features)."""
+    cfg = post.config
+    return ("cb_ext" in post.scorer_names or float(cfg.gan.get("class_consistency_weight", 0)) > 0
+            or bool(getattr(post, "training_needs_classifier", lambda: False)()))
+
+
+def training_seconds(post) -> float:
+    total = 0.0
+    for info in post.training_info.values():
+        history = Path(info["folder"]) / "history.json"
+        if history.is_file():
+            total += sum(epoch.get("seconds", 0.0) for epoch in json.loads(history.read_text()))
+    return total
+
+
+def diagnostics(runner, post) -> dict:
+    """Cb pair accuracy (plain and with x' shuffled) and the label effect, on ID val."""
+    bench, cb_cfg = runner.benchmark, post.config.cb
+    val = runner.evaluator.id_loader_dict["val"]
+    common = dict(mask_style=cb_cfg.mask_style, area=cb_cfg.train_area, device=post.device)
+    cb = post.scorer_modules["cb"].classifier
+    return {
+        "cb_val_acc": pair_accuracy(cb, post.gan, val, bench.mean, bench.std, bench.num_classes, **common),
+        "cb_val_acc_shuffled": pair_accuracy(cb, post.gan, val, bench.mean, bench.std, bench.num_classes,
+                                             shuffle_synthesis=True, **common),
+        **label_effect(post.gan, val, bench.mean, bench.std, bench.num_classes, **common),
+    }
+
+
+def run_variant(args, variant: dict, default_method: str) -> dict:
+    method, config = variant_config(args, variant, default_method)
+    runner = Runner(config)
+    cfg = method_config(config, method)
+    if args.stage == "train":
+        post = POSTPROCESSORS.get(cfg.postprocessor.name)(cfg)
+        post.benchmark = runner.benchmark
+        if needs_classifier(post):
+            log.info("%s: needs the classifier, left for --stage all", variant["name"])
+            return {}
+        post.train(None, runner.evaluator.id_loader_dict)
+        return {}
+    started = time.time()
+    post, net, meta = runner.prepare_method(method)
+    runner.evaluator.evaluate(variant["name"], post, net, {**meta, "description": variant.get("description", "")})
+    result = {"name": variant["name"], "description": variant.get("description", ""), **diagnostics(runner, post),
+              "training_seconds": training_seconds(post), "wall_seconds": round(time.time() - started, 1)}
+    atomic_write_json(result, runner.results_dir / "diagnostics" / f"{variant['name']}.json")
+    runner.leaderboard()
+    return result
+
+
+def render(results: list, rows: list, benchmark: str) -> str:
+    columns = _columns(rows)
+    by_name = {row["method"]: row for row in rows}
+    base = next((r["training_seconds"] for r in results if r["name"] == "paper"), None)
+    lines = [f"# MOODCAT ablation, {benchmark}, deployable protocol (label = classifier prediction)", "",
+             "Cb acc: binary accuracy on ID-val matched + mismatched pairs; shuffled: the same with every image "
+             "paired with another image's synthesis (labels kept); label effect: MSE(G(M(x),y), G(M(x),y')) / "
+             "MSE(G(M(x),y), x). AUROC and FPR@95 (OOD positive, OpenOOD) are means over the near / far sets. "
+             "Training time: generator + Cb(s) of the variant, wall seconds (cached parts count as trained once).", "",
+             "| variant | Cb acc | shuffled | label effect | near AUROC | far AUROC | near FPR@95 | far FPR@95 | "
+             "train s | extra s | what |", "|---" * 11 + "|"]
+    for r in results:
+        row = by_name.get(r["name"])
+        if row is None:
+            continue
+        auroc = table_values(row, "AUROC", "ood_positive", columns)
+        fpr = table_values(row, "FPR@95", "ood_positive", columns)
+        cell = lambda v: "-" if v is None else f"{v[0]:.2f}"  # noqa: E731
+        extra = "" if base is None else f"{r['training_seconds'] - base:+.0f}"
+        lines.append(f"| {r['name']} | {r['cb_val_acc']:.3f} | {r['cb_val_acc_shuffled']:.3f} | {r['ratio']:.3f} | "
+                     f"{cell(auroc['near mean'])} | {cell(auroc['far mean'])} | {cell(fpr['near mean'])} | "
+                     f"{cell(fpr['far mean'])} | {r['training_seconds']:.0f} | {extra} | {r['description']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        with logging_redirect_tqdm():
+            spec = load_yaml(args.ablation)
+            variants = [v for v in spec["variants"] if not args.variants or v["name"] in args.variants]
+            unknown = set(args.variants or []) - {v["name"] for v in spec["variants"]}
+            if unknown:
+                raise UserError(f"unknown variant(s) {sorted(unknown)} in {args.ablation}")
+            results = []
+            for variant in variants:
+                log.info("variant %s: %s", variant["name"], variant.get("description", ""))
+                result = run_variant(args, variant, spec["method"])
+                if result:
+                    results.append(result)
+            if args.stage == "all":
+                folder = args.output_dir / "ablation" / args.benchmark
+                every = [json.loads(p.read_text()) for p in sorted((folder / "diagnostics").glob("*.json"))]
+                order = [v["name"] for v in spec["variants"]]
+                every.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+                markdown = render(every, collect_rows(folder), args.benchmark)
+                atomic_write_text(markdown, folder / "ablation.md")
+                atomic_write_json(every, folder / "ablation.json")
+                print(markdown)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
