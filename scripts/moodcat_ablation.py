@@ -65,13 +65,6 @@ def variant_config(args, variant: dict, default_method: str):
     return method, build_config(args.benchmark, [method], args.profile, overrides=overrides, flags=flags)
 
 
-def needs_classifier(post) -> bool:
-    """Whether training this MOODCAT variant needs the classifier (pseudo-labels, consistency, features)."""
-    cfg = post.config
-    return ("cb_ext" in post.scorer_names or float(cfg.gan.get("class_consistency_weight", 0)) > 0
-            or bool(getattr(post, "training_needs_classifier", lambda: False)()))
-
-
 def training_seconds(post) -> float:
     total = 0.0
     for info in post.training_info.values():
@@ -102,7 +95,7 @@ def run_variant(args, variant: dict, default_method: str) -> dict:
     if args.stage == "train":
         post = POSTPROCESSORS.get(cfg.postprocessor.name)(cfg)
         post.benchmark = runner.benchmark
-        if needs_classifier(post):
+        if post.training_needs_classifier():
             log.info("%s: needs the classifier, left for --stage all", variant["name"])
             return {}
         post.train(None, runner.evaluator.id_loader_dict)

@@ -8,6 +8,8 @@ synthesis ``x_synth`` (both ``[B,3,32,32]`` in [-1,1]) and the conditioning labe
 * ``LPIPSScorer`` -- LPIPS of the ``lpips`` PyPI package (VGG16 or AlexNet trunk + the linear
   heads that ship inside the package), >= 0.
 * ``DISTSScorer`` -- piq's DISTS (VGG16 trunk + DISTS alpha/beta), in [0, 1].
+* ``ebo`` (:func:`logit_distance`) -- not MOODCAT: the classifier's free energy, for the cascade
+  "MOODCAT then a logit score" that the leaderboard reports as its own row.
 
 Pretrained weights come ONLY from the user's torch hub cache, ``torch.hub.get_dir()/checkpoints``
 (``~/.cache/torch/hub/checkpoints`` unless ``TORCH_HOME`` is set). Their file names are those that
@@ -35,6 +37,7 @@ from moodcat_plugin.errors import ConfigError, MissingWeightsError
 
 IQA_SCORERS = ("lpips", "dists")
 CB_SCORERS = ("cb", "cb_ext")
+LOGIT_SCORERS = ("ebo",)  # classifier scores for cascade rows that name them (not MOODCAT alone)
 LPIPS_TRUNKS = ("vgg", "alex")
 # How to drop the IQA scorers with our CLI (the default); inside OpenOOD the bridge passes its own.
 DROP_HINT = ("--set postprocessors.moodcat.postprocessor.postprocessor_args.scorers=[cb] "
@@ -143,6 +146,14 @@ def _local_builder(trunk: str, weights_path: Optional[Path]):
         return SimpleNamespace(features=trunk_features(trunk, weights_path))
 
     return build
+
+
+def logit_distance(name: str, logits: torch.Tensor) -> torch.Tensor:
+    """Distance (B,) from the classifier's logits (B, C), high = OOD: ``ebo`` = free energy
+    ``-logsumexp(logits)`` (EBO at temperature 1, negated)."""
+    if name != "ebo":
+        raise ConfigError(f"unknown logit scorer '{name}'; valid: {', '.join(LOGIT_SCORERS)}")
+    return -torch.logsumexp(logits.float(), dim=1)
 
 
 class CbScorer(nn.Module):

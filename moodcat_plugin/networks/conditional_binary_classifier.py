@@ -7,8 +7,9 @@ block 6->ch (32->16), self-attention at 16x16, pre-activation block ch->ch with 
 ``SNLinear(ch->1)(h) + <SN-embed(y), h>``.
 
 Output convention (as in the public code): the logit is HIGH for a semantic MISMATCH between
-x and its class-conditional synthesis x' -- i.e. high = OOD. Train it with BCE-with-logits,
-target 1 for mismatched pairs (OOD / wrong label) and 0 for matching in-distribution pairs.
+x and its class-conditional synthesis x' -- i.e. high = OOD. Trained by ``moodcat_cb`` with the
+hinge loss of paper Eq. 2 (``relu(1 + s)`` on matched in-distribution pairs, ``relu(1 - s)`` on
+mismatched ones); the Cb training code is not public.
 """
 from __future__ import annotations
 

@@ -59,9 +59,8 @@ from moodcat_plugin.errors import ConfigError, DataError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.images import class_name, save_labelled_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES
-from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, LPIPS_TRUNKS, CbScorer, build_iqa_scorer,
-                                            check_cached_weights)
-from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
+from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, LOGIT_SCORERS, LPIPS_TRUNKS, CbScorer,
+                                            build_iqa_scorer, check_cached_weights, logit_distance)
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
 from moodcat_plugin.schema import FLAG, Expect, Registered, Schema, check, choice, integer, list_of
@@ -99,8 +98,8 @@ def _deployable_label_source(value: Any) -> Any:
 class MoodcatArgs(Schema):
     """MOODCAT's ``postprocessor_args`` (defaults: what the code uses when a key is absent)."""
 
-    scorers: Annotated[list_of(choice("cb", *IQA_SCORERS), min_length=1,
-                               expect=f"a non-empty subset of cb, {', '.join(IQA_SCORERS)}"),
+    scorers: Annotated[list_of(choice("cb", *IQA_SCORERS, *LOGIT_SCORERS), min_length=1,
+                               expect=f"a non-empty subset of cb, {', '.join(IQA_SCORERS + LOGIT_SCORERS)}"),
                        AfterValidator(_distinct)] = ["cb"]
     cb_variants: Annotated[list_of(choice(*CB_SCORERS), expect="[cb] or [cb, cb_ext]"),
                            AfterValidator(_cb_variants)] = ["cb"]
@@ -212,8 +211,8 @@ class MoodcatPostprocessor(BasePostprocessor):
         """One short line: scorers, Cb validation accuracy, calibration size, grid folder."""
         accuracies = ", ".join(f"{name} val acc {info['val_acc']:.3f}" for name, info in self.training_info.items()
                                if "val_acc" in info)
-        return (f"scorers {'+'.join(self.scorer_names)}; {accuracies or 'no Cb'}; {self.run_meta['calibration']}; "
-                f"grids in {self.grid_folder()}")
+        calibration = self.run_meta.get("calibration", "not calibrated yet")
+        return f"scorers {'+'.join(self.scorer_names)}; {accuracies or 'no Cb'}; {calibration}; grids in {self.grid_folder()}"
 
     def _num_classes(self) -> int:
         return int(self.config.dataset.num_classes)
@@ -249,6 +248,29 @@ class MoodcatPostprocessor(BasePostprocessor):
                 "seed": cfg.get("seed", 0),
                 "train_source": "benchmark" if self.benchmark is not None else "id_loader_dict"}
 
+    def _build_cb(self, net) -> torch.nn.Module:
+        """The Cb network of ``cb_network`` (default the paper's ``moodcat_cb``); a network that
+        compares classifier features gets the frozen classifier (not part of its weights)."""
+        section = self.config.cb_network
+        cls = NETWORKS.get(section.get("name", "moodcat_cb"))
+        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
+        if getattr(cls, "needs_classifier", False):
+            if net is None:
+                raise ConfigError(f"cb_network '{section.get('name')}' reads the classifier's features; it cannot "
+                                  "be built without the classifier")
+            kwargs.update(classifier=net, mean=self.mean, std=self.std)
+        return cls(num_classes=self._num_classes(), **kwargs)
+
+    def _cb_needs_classifier(self) -> bool:
+        """Whether Cb's training reads the classifier (features or predicted labels)."""
+        cls = NETWORKS.get(self.config.cb_network.get("name", "moodcat_cb"))
+        return bool(getattr(cls, "needs_classifier", False) or self.config.cb.get("synthetic_negatives"))
+
+    def training_needs_classifier(self) -> bool:
+        """Whether any trained part (generator, Cb, Cb(ext)) needs the classifier."""
+        return (self._cb_needs_classifier() or "cb_ext" in self.scorer_names
+                or float(self.config.gan.get("class_consistency_weight", 0)) > 0)
+
     def _classifier_key(self) -> dict:
         """Identity of the classifier, for the runs that depend on it (pseudo-labels, class consistency)."""
         return {"classifier_network": self.config.get("network"), "classifier_trainer": self.config.get("trainer")}
@@ -272,9 +294,11 @@ class MoodcatPostprocessor(BasePostprocessor):
     def _train_cb(self, variant: str, net, id_loader_dict, gan_key: dict) -> torch.nn.Module:
         cfg = self.config
         torch.manual_seed(int(cfg.get("seed", 0)) + 1)
-        cb = ConditionalBinaryClassifier(self._num_classes(), ch=int(cfg.cb_network.ch)).to(self.device)
+        cb = self._build_cb(net).to(self.device)
         loader = self._train_loader(id_loader_dict, cfg.cb, int(cfg.get("seed", 0)) + 1, "cb")
         key = {"gan": gan_key, "cb_network": cfg.cb_network, "cb": cfg.cb, "variant": variant}
+        if self._cb_needs_classifier():
+            key.update(self._classifier_key())
         unlabeled = None
         if variant == "cb_ext":
             # extra negatives: outliers pseudo-labelled by the classifier, so key on the classifier too
@@ -288,7 +312,8 @@ class MoodcatPostprocessor(BasePostprocessor):
                                         augment=cfg.cb.augment, seed=int(cfg.get("seed", 0)) + 2,
                                         device=self.device)
         trainer = TRAINERS.get(cfg.cb.name)(cb, loader, self._section_config("cb"), generator=self.gan,
-                                            unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"))
+                                            unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"),
+                                            classifier=net if cfg.cb.get("synthetic_negatives") else None)
         what = "with pseudo-labelled outliers" if variant == "cb_ext" else "on ID pairs"
         self._fit(trainer, f"moodcat_{variant}", key, f"MOODCAT {variant} (conditional binary classifier, {what})")
         return cb.eval().requires_grad_(False)
@@ -308,8 +333,11 @@ class MoodcatPostprocessor(BasePostprocessor):
         return ImageArray(f"{outlier.name}_pseudo", outlier.images, torch.cat(preds).numpy())
 
     def _build_scorers(self, cbs: Dict[str, torch.nn.Module]) -> Dict[str, torch.nn.Module]:
+        """Modules of the image scorers (Cb variants, IQA); logit scorers need none."""
         modules = {}
         for name in self.scorer_names:
+            if name in LOGIT_SCORERS:
+                continue
             module = CbScorer(cbs[name], name) if name in CB_SCORERS else build_iqa_scorer(name, self.iqa_cfg)
             modules[name] = module.to(self.device).eval()
         return modules
@@ -340,14 +368,27 @@ class MoodcatPostprocessor(BasePostprocessor):
         each distance averaged over ``num_masks`` masks."""
         if self.gan is None:
             raise RuntimeError("MOODCAT postprocessor used before setup()")
-        pred = net(data).argmax(dim=1)  # y = C(x): never the ground truth
+        logits = net(data)
+        pred = logits.argmax(dim=1)  # y = C(x): never the ground truth
+        return pred, self.distances_given(data, pred, logits)
+
+    @torch.no_grad()
+    def distances_given(self, data: torch.Tensor, labels: torch.Tensor,
+                        logits: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """{scorer: (B,) distance} of data (B,3,32,32) normalised, synthesised under ``labels``
+        (B,) (the deployed detector passes the classifier's prediction; the protocol table also
+        passes true or random labels). Logit scorers (``ebo``) read ``logits`` (B, C)."""
         x = to_signed_unit(data, self.mean, self.std)
         totals = {name: torch.zeros(len(x), device=x.device) for name in self.scorer_modules}
         for _ in range(self.num_masks):
-            _, synthesis = self.synthesize(x, pred)
+            _, synthesis = self.synthesize(x, labels)
             for name, scorer in self.scorer_modules.items():
-                totals[name] += scorer(x, synthesis, pred).float()
-        return pred, {name: total / self.num_masks for name, total in totals.items()}
+                totals[name] += scorer(x, synthesis, labels).float()
+        distances = {name: total / self.num_masks for name, total in totals.items()}
+        for name in self.scorer_names:
+            if name in LOGIT_SCORERS:
+                distances[name] = logit_distance(name, logits)
+        return distances
 
     @torch.no_grad()
     def postprocess(self, net, data: torch.Tensor):

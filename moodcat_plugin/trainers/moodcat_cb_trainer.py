@@ -15,6 +15,11 @@ more negative ``(x_u, G(M(x_u), y'), y')`` with ``y'`` uniform over classes != p
 all classes where the pseudo-label is negative, i.e. unknown); the pseudo-label itself is never
 used as the condition. All negatives are averaged together in the second hinge term.
 
+Variants (not in the paper, off by default): ``synthetic_negatives`` adds OOD-like images built
+from the ID batch (:mod:`moodcat_plugin.moodcat.synthetic_outliers`) as negatives conditioned on
+the CLASSIFIER's prediction for them (``classifier=`` is then required); ``outlier_label:
+predicted`` conditions Cb(ext)'s outliers on their pseudo-label instead of a wrong label.
+
 Optimiser: Adam, ``lr`` 2e-4, ``betas`` default (0.5, 0.999). The Cb training code is not public;
 unlike the GAN's discriminator, Cb solves a stationary classification problem, where first-moment
 momentum helps (beta1 = 0 is a choice for the non-stationary adversarial game); on the tiny demo
@@ -31,17 +36,18 @@ import torch
 import torch.nn.functional as F
 
 from moodcat_plugin.moodcat.diagnostics import mismatched_labels, pair_accuracy
-from moodcat_plugin.moodcat.images import to_signed_unit
+from moodcat_plugin.moodcat.images import from_signed_unit, to_signed_unit
 from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES, apply_mask
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.data.loaders import AUGMENT_LIST
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.schema import FLAG, choice, integer, number
+from moodcat_plugin.moodcat.synthetic_outliers import SYNTHETIC_OUTLIERS
+from moodcat_plugin.schema import FLAG, choice, integer, list_of, number
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, endless
 
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
-            "train_area": TEST_AREA, "use_ema": False}
+            "train_area": TEST_AREA, "use_ema": False, "synthetic_negatives": (), "outlier_label": "wrong"}
 
 
 class MoodcatCbConfig(StepTrainerConfig):
@@ -54,6 +60,8 @@ class MoodcatCbConfig(StepTrainerConfig):
     train_area: AREA_RANGE = DEFAULTS["train_area"]
     use_ema: FLAG = DEFAULTS["use_ema"]
     augment: AUGMENT_LIST = ("flip",)
+    synthetic_negatives: list_of(choice(*SYNTHETIC_OUTLIERS)) = ()   # variant: OOD-like negatives from ID images
+    outlier_label: choice("wrong", "predicted") = DEFAULTS["outlier_label"]  # Cb(ext) outliers' condition
 
 
 def hinge_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
@@ -74,9 +82,12 @@ class MoodcatCbTrainer(StepTrainer):
     config_schema = MoodcatCbConfig
 
     def __init__(self, net: ConditionalBinaryClassifier, train_loader, config, generator: MoodcatGAN,
-                 unlabeled_loader=None, val_loader=None):
+                 unlabeled_loader=None, val_loader=None, classifier: Optional[torch.nn.Module] = None):
         super().__init__(net, train_loader, config)
         self.args = {**DEFAULTS, **config.trainer}
+        if self.args["synthetic_negatives"] and classifier is None:
+            raise ValueError("synthetic_negatives are conditioned on the classifier's prediction: pass classifier=")
+        self.classifier = classifier.eval() if classifier is not None else None
         net.to(memory_format=torch.channels_last)  # faster on CPU; values unchanged
         self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
         self.num_classes = net.num_classes
@@ -121,10 +132,28 @@ class MoodcatCbTrainer(StepTrainer):
         return torch.cat([x, x]), synth, cond, is_negative
 
     def unlabeled_negative_pairs(self, batch: dict):
-        """(x_u, synth, y') for pseudo-labelled images: ``y'`` != pseudo-label, always a negative."""
+        """(x_u, synth, condition) for pseudo-labelled outliers, always negatives: the condition is
+        a label != the pseudo-label (``outlier_label: wrong``, paper) or the pseudo-label itself,
+        the classifier's prediction, as the test conditions OOD inputs (``predicted``, variant)."""
         x_u, pseudo = self.images_and_labels(batch)
-        wrong = mismatched_labels(pseudo, self.num_classes)
-        return x_u, self.synthesize(x_u, wrong), wrong
+        condition = pseudo if self.args["outlier_label"] == "predicted" else mismatched_labels(pseudo, self.num_classes)
+        return x_u, self.synthesize(x_u, condition), condition
+
+    @torch.no_grad()
+    def predicted_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen classifier's argmax ``[B]`` for images in [-1,1]."""
+        return self.classifier(from_signed_unit(x, self.mean, self.std)).argmax(dim=1)
+
+    def synthetic_negative_pairs(self, x: torch.Tensor, y: torch.Tensor):
+        """(x_ood, synth, C(x_ood)) from the configured OOD-like builders, all negatives."""
+        images, synths, conditions = [], [], []
+        for name in self.args["synthetic_negatives"]:
+            x_ood = SYNTHETIC_OUTLIERS[name](x, y)
+            predicted = self.predicted_labels(x_ood)
+            images.append(x_ood)
+            synths.append(self.synthesize(x_ood, predicted))
+            conditions.append(predicted)
+        return torch.cat(images), torch.cat(synths), torch.cat(conditions)
 
     # -- training ------------------------------------------------------------------------------
     def train_step(self) -> Dict[str, float]:
@@ -132,10 +161,14 @@ class MoodcatCbTrainer(StepTrainer):
         self.net.train()
         x, y = self.images_and_labels(next(self.batches))
         images, synth, cond, is_negative = self.labelled_pairs(x, y)
+        extra = []
+        if self.args["synthetic_negatives"]:
+            extra.append(self.synthetic_negative_pairs(x, y))
         if self._unlabeled_batches is not None:
-            x_u, synth_u, wrong_u = self.unlabeled_negative_pairs(next(self._unlabeled_batches))
-            images, synth, cond = torch.cat([images, x_u]), torch.cat([synth, synth_u]), torch.cat([cond, wrong_u])
-            is_negative = torch.cat([is_negative, torch.ones_like(wrong_u, dtype=torch.bool)])
+            extra.append(self.unlabeled_negative_pairs(next(self._unlabeled_batches)))
+        for x_neg, synth_neg, cond_neg in extra:
+            images, synth, cond = torch.cat([images, x_neg]), torch.cat([synth, synth_neg]), torch.cat([cond, cond_neg])
+            is_negative = torch.cat([is_negative, torch.ones_like(cond_neg, dtype=torch.bool)])
         logits = self.net(images, synth, cond)
         loss = hinge_loss(logits[~is_negative], logits[is_negative])
         self.optimizer.zero_grad(set_to_none=True)

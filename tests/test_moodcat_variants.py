@@ -1,0 +1,127 @@
+"""MOODCAT variants for the deployable protocol (issue 8): each a config switch."""
+import torch
+
+from moodcat_plugin.config import Config
+from moodcat_plugin.data import make_loader
+from moodcat_plugin.data.demo import build_demo_sets
+from moodcat_plugin.moodcat.diagnostics import label_effect, pair_accuracy
+from moodcat_plugin.moodcat.synthetic_outliers import mixed_classes, shuffled_patches
+from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
+from moodcat_plugin.networks.feature_comparator_cb import FeatureComparatorCb
+from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
+from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
+from moodcat_plugin.pipeline import Runner
+from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def test_synthetic_outliers_keep_shape_and_drop_same_class_mixes():
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 0, 1, 2, 2, 3])
+    shuffled = shuffled_patches(x, y)
+    assert shuffled.shape == x.shape and not torch.equal(shuffled, x)
+    assert torch.allclose(shuffled.sum(dim=(2, 3)), x.sum(dim=(2, 3)), atol=1e-4)  # same pixels, moved
+    mixed = mixed_classes(x, y)
+    # partners are the previous image (rolled): pairs (1,0) and (4,3) share a class and are dropped
+    assert len(mixed) == 4
+    assert torch.allclose(mixed[0], 0.5 * (x[0] + x[5]))
+
+
+def test_feature_comparator_keeps_the_classifier_out_of_its_weights_and_gradients():
+    classifier = ResNet18_32x32(6, width=0.125).eval()
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    cb = FeatureComparatorCb(6, classifier, MEAN, STD, ch=16)
+    assert not any(k.startswith("classifier") for k in cb.state_dict())
+    x, xs, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    logit = cb(x, xs, y)
+    assert logit.shape == (4,)
+    logit.sum().backward()
+    assert all(p.grad is None for p in classifier.parameters())
+    assert cb.mlp[0].weight.grad is not None
+    for key, value in classifier.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def _cb_config(**cb):
+    section = {"name": "moodcat_cb", "num_epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "lr": 1e-3,
+               "betas": [0.0, 0.999], **cb}
+    return Config({"device": "cpu", "progress": False,
+                   "dataset": {"normalization": {"mean": list(MEAN), "std": list(STD)}}, "trainer": section})
+
+
+def test_synthetic_negatives_are_conditioned_on_the_classifier_prediction():
+    sets = build_demo_sets(0)
+    gan = MoodcatGAN(6, ch=8, latent_dim=16, disc_ch=8).eval()
+    classifier = ResNet18_32x32(6, width=0.125).eval()
+    loader = make_loader(sets["digits_train"], MEAN, STD, 8, train=True, seed=0)
+    trainer = MoodcatCbTrainer(ConditionalBinaryClassifier(6, ch=8), loader, _cb_config(
+        synthetic_negatives=["shuffled_patches"]), gan, classifier=classifier)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    y = torch.arange(8) % 6
+    images, _, conditions = trainer.synthetic_negative_pairs(x, y)
+    assert len(images) == 8
+    assert torch.equal(conditions, trainer.predicted_labels(images))
+    row = trainer.train_step()
+    assert row["total"] == 16  # accuracy counts the labelled pairs only
+
+
+def test_diagnostics_detect_a_cb_that_ignores_the_synthesis():
+    """A Cb that looks only at (x, y) keeps its accuracy when x' is shuffled; the diagnostic says so."""
+    sets = build_demo_sets(0)
+    gan = MoodcatGAN(6, ch=8, latent_dim=16, disc_ch=8).eval()
+    val = make_loader(sets["digits_val"], MEAN, STD, 16)
+
+    class SynthesisBlind(torch.nn.Module):
+        def forward(self, x, x_synth, y):
+            return torch.where(y % 2 == 0, -1.0, 1.0).float()
+
+    plain = pair_accuracy(SynthesisBlind(), gan, val, MEAN, STD, 6)
+    shuffled = pair_accuracy(SynthesisBlind(), gan, val, MEAN, STD, 6, shuffle_synthesis=True)
+    assert plain == shuffled
+    effect = label_effect(gan, val, MEAN, STD, 6)
+    assert effect["recon_mse"] > 0 and effect["ratio"] >= 0
+
+
+def test_variants_run_end_to_end_with_cascade_row(make_config):
+    method = "moodcat"
+    cfg = make_config([method], f"postprocessors.{method}.cb_network.name=feature_comparator_cb",
+                      f"postprocessors.{method}.cb.synthetic_negatives=[shuffled_patches, mixed_classes]",
+                      f"postprocessors.{method}.postprocessor.postprocessor_args.scorers=[cb, ebo]")
+    runner = Runner(cfg)
+    post, net, meta = runner.prepare_method(method)
+    assert post.training_needs_classifier()
+    runner.evaluator.evaluate(method, post, net, meta)
+    markdown = runner.leaderboard()
+    assert "| moodcat:cb |" in markdown and "| moodcat:ebo |" in markdown
+
+
+def test_protocols_condition_on_what_their_header_says():
+    from moodcat_plugin.moodcat.protocols import condition_labels
+
+    predicted, true = torch.tensor([1, 2, 3]), torch.tensor([1, 0, 0])
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(condition_labels("deployable", predicted, true, True, 10, generator), predicted)
+    assert torch.equal(condition_labels("deployable", predicted, true, False, 10, generator), predicted)
+    assert torch.equal(condition_labels("authors", predicted, true, True, 10, generator), true)
+    assert torch.equal(condition_labels("true_id", predicted, true, True, 10, generator), true)
+    assert torch.equal(condition_labels("true_id", predicted, true, False, 10, generator), predicted)
+    random = torch.stack([condition_labels("authors", predicted, true, False, 10, generator) for _ in range(50)])
+    assert len(random.unique()) > 5  # OOD labels drawn at random, not the prediction
+
+
+def test_protocol_script_writes_a_separate_titled_table(tmp_path):
+    import json
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
+    import moodcat_protocols
+
+    out = tmp_path / "out"
+    assert moodcat_protocols.main(["-b", "demo", "--profile", "tiny", "--output-dir", str(out), "--no-progress",
+                                   "--set", "device=cpu",
+                                   "--set", "postprocessors.moodcat.postprocessor.postprocessor_args.scorers=[cb]"]) == 0
+    table = json.loads((out / "demo" / "protocols.json").read_text())
+    assert set(table) == {"deployable", "authors", "true_id"}
+    markdown = (out / "demo" / "protocols.md").read_text()
+    assert "NOT a leaderboard" in markdown and "uniformly RANDOM label" in markdown
+    assert not (out / "demo" / "leaderboard.md").exists()  # never a leaderboard row
