@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-from moodcat_plugin.errors import UserError
+from moodcat_plugin.utils import run_guarded
 
 EXAMPLES = """examples:
   python scripts/run_benchmark.py                                   # demo benchmark, every method
@@ -89,15 +86,4 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        with logging_redirect_tqdm():  # log lines above the progress bars, not glued onto them
-            print(run(args))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished checkpoints and scores are kept; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_guarded(lambda: run(args), verbose=args.verbose)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import secrets
 import shutil
+import sys
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -203,3 +205,25 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: st
             f"{source} does not match the network ({first_lines[:400]}); check the network name, "
             "its width and the number of classes"
         ) from exc
+
+
+def run_guarded(action: Callable[[], Optional[str]], verbose: bool = False) -> int:
+    """Run a command-line action and return its exit status: logging goes to stderr above the
+    progress bars; what ``action`` returns is printed; a UserError becomes ``error: <message>``
+    on one line and status 2; Ctrl-C status 130 (finished work is kept on disk)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        with logging_redirect_tqdm():  # log lines above the progress bars, not glued onto them
+            output = action()
+        if output:
+            print(output)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished checkpoints and scores are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0

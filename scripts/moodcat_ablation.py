@@ -25,15 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from moodcat_plugin.config import load_yaml
 from moodcat_plugin.errors import UserError
 from moodcat_plugin.evaluation.leaderboard import collect_rows, table_values, _columns
 from moodcat_plugin.moodcat.diagnostics import label_effect, pair_accuracy
 from moodcat_plugin.pipeline import Runner, build_config, default_config_root, method_config
 from moodcat_plugin.registry import POSTPROCESSORS
-from moodcat_plugin.utils import atomic_write_json, atomic_write_text
+from moodcat_plugin.utils import atomic_write_json, atomic_write_text, run_guarded
 
 log = logging.getLogger("moodcat_ablation")
 
@@ -135,35 +133,31 @@ def render(results: list, rows: list, benchmark: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ablation(args) -> str:
+    spec = load_yaml(args.ablation)
+    variants = [v for v in spec["variants"] if not args.variants or v["name"] in args.variants]
+    unknown = set(args.variants or []) - {v["name"] for v in spec["variants"]}
+    if unknown:
+        raise UserError(f"unknown variant(s) {sorted(unknown)} in {args.ablation}")
+    for variant in variants:
+        log.info("variant %s: %s", variant["name"], variant.get("description", ""))
+        run_variant(args, variant, spec["method"])
+    if args.stage != "all":
+        return ""
+    folder = args.output_dir / "ablation" / args.benchmark
+    every = [json.loads(p.read_text()) for p in sorted((folder / "diagnostics").glob("*.json"))]
+    order = [v["name"] for v in spec["variants"]]
+    every = sorted((r for r in every if r["name"] in order), key=lambda r: order.index(r["name"]))
+    markdown = render(every, collect_rows(folder), args.benchmark)
+    stem = args.ablation.stem
+    atomic_write_text(markdown, folder / f"{stem}.md")
+    atomic_write_json(every, folder / f"{stem}.json")
+    return markdown
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        with logging_redirect_tqdm():
-            spec = load_yaml(args.ablation)
-            variants = [v for v in spec["variants"] if not args.variants or v["name"] in args.variants]
-            unknown = set(args.variants or []) - {v["name"] for v in spec["variants"]}
-            if unknown:
-                raise UserError(f"unknown variant(s) {sorted(unknown)} in {args.ablation}")
-            results = []
-            for variant in variants:
-                log.info("variant %s: %s", variant["name"], variant.get("description", ""))
-                result = run_variant(args, variant, spec["method"])
-                if result:
-                    results.append(result)
-            if args.stage == "all":
-                folder = args.output_dir / "ablation" / args.benchmark
-                every = [json.loads(p.read_text()) for p in sorted((folder / "diagnostics").glob("*.json"))]
-                order = [v["name"] for v in spec["variants"]]
-                every.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-                markdown = render(every, collect_rows(folder), args.benchmark)
-                atomic_write_text(markdown, folder / "ablation.md")
-                atomic_write_json(every, folder / "ablation.json")
-                print(markdown)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(lambda: ablation(args))
 
 
 if __name__ == "__main__":

@@ -12,16 +12,32 @@ leaderboard row. Example::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-from moodcat_plugin.errors import UserError
 from moodcat_plugin.moodcat.protocols import protocol_table, render_protocol_table
 from moodcat_plugin.pipeline import Runner, build_config
-from moodcat_plugin.utils import atomic_write_json, atomic_write_text
+from moodcat_plugin.utils import atomic_write_json, atomic_write_text, run_guarded
+
+
+def protocols(args) -> str:
+    flags = {"output_dir": args.output_dir, "data_root": args.data_root, "device": args.device,
+             "progress": False if args.no_progress else None}
+    config = build_config(args.benchmark, [args.method], args.profile, overrides=args.overrides, flags=flags)
+    runner = Runner(config)
+    post, net, _ = runner.prepare_method(args.method)
+    post.train(net, runner.evaluator.id_loader_dict)
+    evaluator = runner.evaluator
+    groups = {group: evaluator.ood_loader_dict[group] for group in ("near", "far")}
+    table = protocol_table(post, net, evaluator.id_loader_dict["test"], groups, runner.benchmark.num_classes)
+    cb = post.training_info.get("moodcat_cb", {})
+    note = (f"Profile {config.profile}, seed {config.seed}, method `{args.method}`, the benchmark's shared "
+            f"classifier; Cb binary val accuracy {cb.get('val_acc', float('nan')):.3f}; generator and Cb "
+            f"from {Path(cb.get('folder', '?')).parent}.")
+    markdown = render_protocol_table(table, config.dataset.name, note)
+    atomic_write_text(markdown, runner.results_dir / "protocols.md")
+    atomic_write_json(table, runner.results_dir / "protocols.json")
+    return markdown
 
 
 def main(argv=None) -> int:
@@ -35,30 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        with logging_redirect_tqdm():
-            flags = {"output_dir": args.output_dir, "data_root": args.data_root, "device": args.device,
-                     "progress": False if args.no_progress else None}
-            config = build_config(args.benchmark, [args.method], args.profile, overrides=args.overrides, flags=flags)
-            runner = Runner(config)
-            post, net, _ = runner.prepare_method(args.method)
-            post.train(net, runner.evaluator.id_loader_dict)
-            evaluator = runner.evaluator
-            groups = {group: evaluator.ood_loader_dict[group] for group in ("near", "far")}
-            table = protocol_table(post, net, evaluator.id_loader_dict["test"], groups, runner.benchmark.num_classes)
-            cb = post.training_info.get("moodcat_cb", {})
-            note = (f"Profile {config.profile}, seed {config.seed}, method `{args.method}`, the benchmark's shared "
-                    f"classifier; Cb binary val accuracy {cb.get('val_acc', float('nan')):.3f}; generator and Cb "
-                    f"from {Path(cb.get('folder', '?')).parent}.")
-            markdown = render_protocol_table(table, config.dataset.name, note)
-            atomic_write_text(markdown, runner.results_dir / "protocols.md")
-            atomic_write_json(table, runner.results_dir / "protocols.json")
-            print(markdown)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(lambda: protocols(args))
 
 
 if __name__ == "__main__":

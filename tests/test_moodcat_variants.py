@@ -125,3 +125,24 @@ def test_protocol_script_writes_a_separate_titled_table(tmp_path):
     markdown = (out / "demo" / "protocols.md").read_text()
     assert "NOT a leaderboard" in markdown and "uniformly RANDOM label" in markdown
     assert not (out / "demo" / "leaderboard.md").exists()  # never a leaderboard row
+
+
+def test_ablation_script_writes_one_table_of_variants(tmp_path):
+    import json
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
+    import moodcat_ablation
+
+    out = tmp_path / "out"
+    common = ["-b", "demo", "--profile", "tiny", "--output-dir", str(out), "--no-progress", "--set", "device=cpu",
+              "--set", "postprocessors.moodcat.postprocessor.postprocessor_args.scorers=[cb]"]
+    assert moodcat_ablation.main([*common, "--stage", "train", "--variants", "paper"]) == 0
+    assert list((out / "checkpoints").glob("demo-moodcat_gan-*/final.ckpt"))  # trained without the classifier
+    assert not list((out / "checkpoints").glob("demo-base-*"))
+    assert moodcat_ablation.main([*common, "--variants", "paper_cb500", "paper"]) == 0
+    table = (out / "ablation" / "demo" / "moodcat_deployable.md").read_text()
+    assert "| paper_cb500 |" in table and "| paper |" in table and "| shuffled |" in table
+    rows = json.loads((out / "ablation" / "demo" / "moodcat_deployable.json").read_text())
+    assert [r["name"] for r in rows] == ["paper_cb500", "paper"]
+    assert all(0 <= r["cb_val_acc"] <= 1 and r["recon_mse"] > 0 for r in rows)
+    assert moodcat_ablation.main([*common, "--variants", "no_such_variant"]) == 2

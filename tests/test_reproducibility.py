@@ -18,7 +18,7 @@ from moodcat_plugin.pipeline import Runner, build_network, method_config
 from moodcat_plugin.registry import TRAINERS
 from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
 from moodcat_plugin.trainers.moodcat_gan_trainer import MoodcatGANTrainer
-from moodcat_plugin.training import TrainingDivergedError, fit, run_folder
+from moodcat_plugin.training import fit, run_folder
 from moodcat_plugin.utils import load_checkpoint
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -29,7 +29,7 @@ from moodcat_plugin.errors import UserError
 from moodcat_plugin.evaluation.evaluator import ID_TEST
 from moodcat_plugin.evaluation.metrics import FPR_CONVENTIONS, accuracy, ood_metrics
 from moodcat_plugin.evaluation.plots import plot_score_distributions
-from moodcat_plugin.utils import atomic_write_json, atomic_write_text
+from moodcat_plugin.utils import atomic_write_json, atomic_write_text, run_guarded
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +231,7 @@ def main(argv=None) -> int:
     parser.add_argument("results_dir", type=Path, help="e.g. results/cifar10")
     parser.add_argument("--fpr", default="ood_positive", choices=sorted(FPR_CONVENTIONS))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        print(write_leaderboard(args.results_dir, args.results_dir.resolve().name, args.fpr))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(lambda: write_leaderboard(args.results_dir, args.results_dir.resolve().name, args.fpr))
 
 
 if __name__ == "__main__":
