@@ -2,7 +2,7 @@
 """MOODCAT ablation under the deployable protocol: one table of variants on one classifier.
 
 Variants come from a YAML file (default ``configs/ablations/moodcat_deployable.yml``): each is
-a method file plus ``--set``-style overrides. For each variant this trains what is not cached
+a method file plus ``--set``-style overrides (the file's ``common`` ones first). For each variant this trains what is not cached
 (generator, Cb; variants that keep the generator share it), scores every set with the labels
 the classifier predicts, and measures on ID val what the variant actually uses
 (:mod:`moodcat_plugin.moodcat.diagnostics`). Writes ``<output>/ablation/<benchmark>/``:
@@ -56,11 +56,12 @@ def variant_overrides(method: str, settings: dict) -> list:
     return [f"postprocessors.{method}.{key}={json.dumps(value)}" for key, value in (settings or {}).items()]
 
 
-def variant_config(args, variant: dict, default_method: str):
-    method = variant.get("method", default_method)
+def variant_config(args, variant: dict, spec: dict):
+    method = variant.get("method", spec["method"])
     flags = {"output_dir": str(args.output_dir / "ablation"), "checkpoint_dir": str(args.output_dir / "checkpoints"),
              "data_root": args.data_root, "device": args.device, "progress": False if args.no_progress else None}
-    overrides = list(args.overrides) + variant_overrides(method, variant.get("set"))
+    settings = {**(spec.get("common") or {}), **(variant.get("set") or {})}
+    overrides = list(args.overrides) + variant_overrides(method, settings)
     return method, build_config(args.benchmark, [method], args.profile, overrides=overrides, flags=flags)
 
 
@@ -94,8 +95,8 @@ def validation_auroc(runner, post, net) -> float:
     return ood_metrics(id_conf, evaluator.score(post, net, evaluator.ood_loader_dict["val"]).conf)["AUROC"]
 
 
-def run_variant(args, variant: dict, default_method: str) -> dict:
-    method, config = variant_config(args, variant, default_method)
+def run_variant(args, variant: dict, spec: dict) -> dict:
+    method, config = variant_config(args, variant, spec)
     runner = Runner(config)
     cfg = method_config(config, method)
     if args.stage == "train":
@@ -151,7 +152,7 @@ def ablation(args) -> str:
         raise UserError(f"unknown variant(s) {sorted(unknown)} in {args.ablation}")
     for variant in variants:
         log.info("variant %s: %s", variant["name"], variant.get("description", ""))
-        run_variant(args, variant, spec["method"])
+        run_variant(args, variant, spec)
     if args.stage != "all":
         return ""
     folder = args.output_dir / "ablation" / args.benchmark
