@@ -104,3 +104,24 @@ def test_histogram_edges_clip_extremes_and_survive_constant_scores():
     assert edges[-1] < 2 and edges[0] >= 0 and np.all(np.diff(edges) > 0)
     constant = bin_edges([np.full(5, 3.0), np.full(5, 3.0)])
     assert constant[0] < 3.0 < constant[-1]
+
+
+def test_aggregate_seeds_gives_mean_and_std_over_runs(tmp_path, capsys):
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import aggregate_seeds
+
+    def board(folder, auroc_near, acc):
+        folder.mkdir(parents=True)
+        row = {"method": "msp", "acc": acc, "datasets": {
+            "a": {"group": "near", "AUROC": auroc_near, "FPR@95_ood_positive": 0.5},
+            "b": {"group": "far", "AUROC": 0.9, "FPR@95_ood_positive": 0.2}}}
+        (folder / "leaderboard.json").write_text(json.dumps({"fpr_convention": "ood_positive", "rows": [row]}))
+        return folder
+
+    folders = [board(tmp_path / "s0", 0.8, 0.9), board(tmp_path / "s1", 0.6, 0.9)]
+    assert aggregate_seeds.main([str(f) for f in folders]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("| msp"))
+    assert line == "| msp | 90.00 ± 0.00 | 70.00 ± 10.00 | 90.00 ± 0.00 | 50.00 ± 0.00 | 20.00 ± 0.00 |"
