@@ -51,6 +51,23 @@ def compute_fingerprint(device: str | torch.device) -> Dict[str, Any]:
     return {"device": device.type}
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def run_identity(section: Any, neutral: Dict[str, Any]) -> dict:
+    """``section`` without the settings that sit at their neutral value, for cache keys.
+
+    ``neutral`` maps a setting added after runs were cached to the value that reproduces the
+    behaviour from before it existed (a switch that is off): such a setting does not change
+    which run a config names, so adding it does not orphan trained models."""
+    return {k: v for k, v in dict(section).items() if not (k in neutral and _plain(v) == _plain(neutral[k]))}
+
+
 def checkpoint_root(config) -> Path:
     """Where trained models go: ``checkpoint_dir``, by default ``<output_dir>/checkpoints``."""
     return Path(config.get("checkpoint_dir") or Path(config.output_dir) / "checkpoints")

@@ -247,3 +247,17 @@ def test_checkpoints_hold_only_weights_and_plain_values(make_config, tmp_path):
     assert last["epoch"] == 1 and last["trainer"]["data"]["train"] == {"pass_index": 0, "position": 10}  # 649 images // 64
     fit(_classifier_trainer(cfg, runner), run_dir, progress=False)
     assert set(torch.load(run_dir / "final.ckpt", weights_only=True)["modules"]) == {"net"}
+
+
+def test_switches_at_their_neutral_value_do_not_change_the_cached_run(make_config):
+    """Adding an off switch to a section must not orphan the models trained before it existed."""
+    from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
+    from moodcat_plugin.training import run_identity
+
+    assert run_identity({"lr": 1, "holdout_for_cb": 0.0}, {"holdout_for_cb": 0.0}) == {"lr": 1}
+    assert run_identity({"lr": 1, "synthetic_negatives": ()}, {"synthetic_negatives": []}) == {"lr": 1}
+    keys = []
+    for overrides in ([], ["postprocessors.moodcat.gan.holdout_for_cb=0.2"]):
+        cfg = make_config(["moodcat"], *overrides)
+        keys.append(MoodcatPostprocessor(method_config(cfg, "moodcat"))._gan_key())
+    assert "holdout_for_cb" not in keys[0]["gan"] and keys[1]["gan"]["holdout_for_cb"] == 0.2

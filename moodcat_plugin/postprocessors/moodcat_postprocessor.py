@@ -64,7 +64,7 @@ from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, 
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
 from moodcat_plugin.schema import FLAG, Expect, Registered, Schema, check, choice, integer, list_of
-from moodcat_plugin.training import FINAL, fit, run_folder
+from moodcat_plugin.training import FINAL, fit, run_folder, run_identity
 
 log = logging.getLogger(__name__)
 GRID_IMAGES = 16
@@ -244,7 +244,9 @@ class MoodcatPostprocessor(BasePostprocessor):
 
     def _gan_key(self) -> dict:
         cfg = self.config
-        return {"benchmark": cfg.dataset.name, "gan_network": cfg.gan_network, "gan": cfg.gan,
+        gan_trainer = TRAINERS.get(cfg.gan.name)
+        return {"benchmark": cfg.dataset.name, "gan_network": cfg.gan_network,
+                "gan": run_identity(cfg.gan, getattr(gan_trainer, "neutral_settings", {})),
                 "seed": cfg.get("seed", 0),
                 "train_source": "benchmark" if self.benchmark is not None else "id_loader_dict"}
 
@@ -296,7 +298,9 @@ class MoodcatPostprocessor(BasePostprocessor):
         torch.manual_seed(int(cfg.get("seed", 0)) + 1)
         cb = self._build_cb(net).to(self.device)
         loader = self._train_loader(id_loader_dict, cfg.cb, int(cfg.get("seed", 0)) + 1, "cb")
-        key = {"gan": gan_key, "cb_network": cfg.cb_network, "cb": cfg.cb, "variant": variant}
+        cb_trainer = TRAINERS.get(cfg.cb.name)
+        key = {"gan": gan_key, "cb_network": run_identity(cfg.cb_network, {"name": "moodcat_cb"}),
+               "cb": run_identity(cfg.cb, getattr(cb_trainer, "neutral_settings", {})), "variant": variant}
         if self._cb_needs_classifier():
             key.update(self._classifier_key())
         unlabeled = None

@@ -80,6 +80,8 @@ class MoodcatCbTrainer(StepTrainer):
     """Trains ``ConditionalBinaryClassifier`` on matched vs mismatched synthesis pairs."""
 
     config_schema = MoodcatCbConfig
+    #: settings left out of the cache key at these values (see training.run_identity)
+    neutral_settings = {"synthetic_negatives": [], "outlier_label": "wrong"}
 
     def __init__(self, net: ConditionalBinaryClassifier, train_loader, config, generator: MoodcatGAN,
                  unlabeled_loader=None, val_loader=None, classifier: Optional[torch.nn.Module] = None):

@@ -2,7 +2,8 @@
 
 Per step, with ``x`` the batch in [-1,1] and ``y`` its true labels:
 
-1. ``x_masked = M(x)``: one random rectangle per sample, area ``TRAIN_AREA`` (10-33 %).
+1. ``x_masked = M(x)``: one random rectangle per sample, area ``TRAIN_AREA`` (10-33 %)
+   (``mask_style`` switches to the ablation styles of the paper's Table 5, e.g. ``none``).
 2. ``z ~ N(mu, exp(logvar))`` from ``E(x_masked)`` (reparameterised), ``x' = D(z, y)``.
 3. Discriminator step (U-Net discriminator, BCE-with-logits on both heads; real ``(x, y)``, fake
    ``(x'.detach(), y)``; each head's loss is ``0.5 * real + 0.5 * fake``, the two heads summed).
@@ -47,11 +48,11 @@ import torch
 import torch.nn.functional as F
 
 from moodcat_plugin.moodcat.images import class_name, from_signed_unit, save_labelled_grid, to_signed_unit
-from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, apply_mask, box_mask
+from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, VALID_STYLES, apply_mask, box_mask
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.data.loaders import AUGMENT_LIST
 from moodcat_plugin.registry import register_trainer
-from moodcat_plugin.schema import FLAG, integer, number, optional
+from moodcat_plugin.schema import FLAG, choice, integer, number, optional
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ DEFAULTS = {
     "steps_per_epoch": None, "lr_g": 5e-5, "lr_d": 2e-4, "betas": (0.0, 0.999), "kl_weight": 2.0,
     "ssim_weight": 5.0, "mse_weight": 3.0, "l1_weight": 2.0, "cutmix": True,
     "cutmix_warmup_epochs": 200, "ema_decay": None, "sample_every": 500, "log_every": 50,
-    "class_consistency_weight": 0.0,
+    "class_consistency_weight": 0.0, "mask_style": "random_rectangle",
 }
 
 
@@ -90,6 +91,7 @@ class MoodcatGANConfig(StepTrainerConfig):
     augment: AUGMENT_LIST = ("flip",)
     holdout_for_cb: number(ge=0, lt=1) = 0.0
     class_consistency_weight: number(ge=0) = DEFAULTS["class_consistency_weight"]
+    mask_style: choice(*VALID_STYLES) = DEFAULTS["mask_style"]   # training mask; 'none' = the paper's w/o-mask row
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -135,6 +137,8 @@ class MoodcatGANTrainer(StepTrainer):
     """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
 
     config_schema = MoodcatGANConfig
+    #: settings left out of the cache key at these values (see training.run_identity)
+    neutral_settings = {"class_consistency_weight": 0.0, "holdout_for_cb": 0.0, "mask_style": "random_rectangle"}
 
     def __init__(self, net: MoodcatGAN, train_loader, config, classifier: Optional[torch.nn.Module] = None):
         super().__init__(net, train_loader, config)
@@ -231,7 +235,7 @@ class MoodcatGANTrainer(StepTrainer):
         gan.encoder.train()
         gan.decoder.train()
         gan.discriminator.train()
-        masked = apply_mask(x, "random_rectangle", area=TRAIN_AREA)
+        masked = apply_mask(x, self.args["mask_style"], area=TRAIN_AREA)
         z, mu, logvar = gan.encoder(masked)
         fake = gan.decoder(z, y)
 
