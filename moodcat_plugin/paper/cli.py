@@ -105,6 +105,13 @@ def list_tables(args) -> str:
     return "\n".join(lines)
 
 
+def _state(run, ctx) -> str:
+    from moodcat_plugin.paper.runs import is_finished
+
+    reason = _blocked(run, ctx)
+    return f"not run: {reason}" if reason else "finished" if is_finished(run, ctx) else "to run"
+
+
 def _blocked(run, ctx) -> Optional[str]:
     from moodcat_plugin.paper.runs import blocked_reason
 
@@ -145,7 +152,8 @@ def reproduce_table(table, ctx, part: Optional[str] = None, command: str = "", e
         log.warning("%s needs more than one sitting; it resumes where it stops%s", scope,
                     f"; or run its parts one per sitting: {', '.join(table.parts)}" if table.parts and not part else "")
     if estimate_only:
-        return f"{scope}: expected {estimate.summary()}\n" + "\n".join(f"  {run.describe()}" for run in runs)
+        return f"{scope}: expected {estimate.summary()}\n" + "\n".join(
+            f"  {run.describe()}: {_state(run, ctx)}" for run in runs)
     commit = git_commit(PACKAGE_ROOT.parent)
     started = time.time()
     for number, run in enumerate(runs, start=1):

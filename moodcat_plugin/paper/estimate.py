@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Set
+from typing import List, Mapping, Optional, Sequence, Set
 
 from moodcat_plugin.config import load_yaml
 from moodcat_plugin.paper.runs import Context, blocked_reason, is_finished, run_config
