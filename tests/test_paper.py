@@ -4,6 +4,7 @@ and scoring runs shared by tables are trained once (as in real use)."""
 import copy
 import csv
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,8 +149,8 @@ def test_iqa_rows_not_run_without_weights(tmp_path, fake_data_pack, empty_hub):
     table = copy.deepcopy(load_tables(default_config_root())[4])
     table.rows = table.rows[:4]  # Cb, LPIPS, DISTS, Cb + LPIPS
     for row in table.rows:
-        row.run = type(row.run)(runs=tuple(type(r)(**{**r.__dict__, "overrides": r.overrides + ("iqa.pretrained=true",)})
-                                           for r in row.run.runs), component=row.run.component)
+        row.run = replace(row.run, runs=tuple(replace(r, overrides=r.overrides + ("iqa.pretrained=true",))
+                                              for r in row.run.runs))
     ctx = Context(config_root=default_config_root(), profile="tiny", output_dir=tmp_path,
                   data_root=str(fake_data_pack), device="cpu", progress=False)
     markdown = paper_cli.reproduce_table(table, ctx, command="CMD")

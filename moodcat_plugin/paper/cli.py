@@ -72,6 +72,7 @@ def list_tables(args) -> str:
     """Every table: what it runs, its expected time from scratch and with the current cache, and
     whether it fits one sitting; tables over the limit list their parts."""
     from moodcat_plugin.paper.estimate import CostModel, duration, estimate_runs
+    from moodcat_plugin.paper.runs import blocked_reason
     from moodcat_plugin.paper.spec import load_tables
 
     ctx = context(args)
@@ -86,7 +87,7 @@ def list_tables(args) -> str:
         benchmarks = sorted({run.benchmark for run in runs})
         lines.append(f"Table {number}: {table.caption[:110]}{'...' if len(table.caption) > 110 else ''}")
         lines.append(f"  runs {len(runs)} on {', '.join(benchmarks)}; command: {command_line(args, number)}")
-        blocked = sorted({reason for run in runs for reason in [_blocked(run, ctx)] if reason})
+        blocked = sorted({reason for reason in (blocked_reason(run, ctx) for run in runs) if reason})
         if blocked:
             lines.append(f"  rows that will print 'not run': {'; '.join(blocked)}")
         if model.note:
@@ -100,22 +101,18 @@ def list_tables(args) -> str:
             seen: set = set()
             for name in table.parts:
                 part = estimate_runs(table.runs(name), ctx, model, fresh=True, seen=seen)
-                fits = "fits" if part.seconds <= model.limit_s else "does NOT fit; needs a faster machine or --device cuda"
+                fits = "fits" if part.seconds <= model.limit_s else "does NOT fit: needs a faster machine or a GPU"
                 lines.append(f"    --part {name}: {duration(part.seconds)} after the parts above ({fits})")
     return "\n".join(lines)
 
 
 def _state(run, ctx) -> str:
-    from moodcat_plugin.paper.runs import is_finished
+    from moodcat_plugin.paper.runs import blocked_reason, is_finished
 
-    reason = _blocked(run, ctx)
-    return f"not run: {reason}" if reason else "finished" if is_finished(run, ctx) else "to run"
-
-
-def _blocked(run, ctx) -> Optional[str]:
-    from moodcat_plugin.paper.runs import blocked_reason
-
-    return blocked_reason(run, ctx)
+    if is_finished(run, ctx):
+        return "finished"
+    reason = blocked_reason(run, ctx)
+    return f"not run: {reason}" if reason else "to run"
 
 
 def run_table(args) -> str:
@@ -126,7 +123,7 @@ def run_table(args) -> str:
     if args.table not in tables:
         raise UserError(f"the paper has no reproducible table {args.table}; tables: "
                         f"{', '.join(map(str, tables))} (see --list)")
-    return reproduce_table(tables[args.table], ctx, args.part, command_line(args, args.table, args.part),
+    return reproduce_table(tables[args.table], ctx, args.part, command_line(args, args.table),
                            estimate_only=args.estimate)
 
 
@@ -134,7 +131,8 @@ def reproduce_table(table, ctx, part: Optional[str] = None, command: str = "", e
                     execute=None) -> str:
     """Check every run's config, print the expected wall time, run what is not finished (all of
     ``table`` or one ``part``) and rewrite the table after each run; returns its Markdown.
-    ``execute`` replaces :func:`moodcat_plugin.paper.runs.execute` (tests)."""
+    ``command`` (re)runs the whole table (named in pending cells); ``execute`` replaces
+    :func:`moodcat_plugin.paper.runs.execute` (tests)."""
     from moodcat_plugin.paper import runs as paper_runs
     from moodcat_plugin.paper.estimate import CostModel, estimate_runs
     from moodcat_plugin.paper.tables import git_commit, write_table

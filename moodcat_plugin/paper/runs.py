@@ -144,11 +144,11 @@ def blocked_reason(run: RunSpec, ctx: Context) -> Optional[str]:
 def execute(run: RunSpec, ctx: Context) -> str:
     """Train what ``run`` needs (cached models are reused) and score its sets; returns 'finished',
     'already finished' or 'not run: <reason>'."""
+    if is_finished(run, ctx) and not ctx.rerun:
+        return "already finished"
     reason = blocked_reason(run, ctx)
     if reason:
         return f"not run: {reason}"
-    if is_finished(run, ctx) and not ctx.rerun:
-        return "already finished"
     config = run_config(run, ctx)
     started = time.time()
     runner = Runner(config)

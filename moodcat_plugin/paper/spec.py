@@ -152,7 +152,8 @@ def _table(number: int, body: Mapping, where: str) -> TableSpec:
                       parts={p["name"]: p for p in body.get("parts") or []})
     _require(set(table.summaries) <= set(SUMMARIES), where, f"summaries must be a subset of {SUMMARIES}")
     if layout == "osr":
-        table.columns = {name: [OsrUnit(**unit) for unit in units] for name, units in (body.get("columns") or {}).items()}
+        columns = body.get("columns") or {}
+        table.columns = {name: [OsrUnit(**unit) for unit in units] for name, units in columns.items()}
         _require(bool(table.columns), where, "an osr table needs columns")
     for index, row in enumerate(body.get("rows") or []):
         table.rows.append(_row(table, row, defaults, f"{where}.rows[{index}]"))

@@ -63,13 +63,13 @@ class Results:
 
     def get(self, run: RunSpec) -> Tuple[Optional[RunResult], Optional[str]]:
         """(result, None) for a finished run, else (None, why not)."""
-        reason = blocked_reason(run, self.ctx)
-        if reason:
-            return None, f"not run: {reason}"
         if run not in self._cache:
             self._cache[run] = read_result(run, self.ctx)
         result = self._cache[run]
-        return (result, None) if result is not None else (None, f"not run: pending ({self.command})")
+        if result is not None:
+            return result, None
+        reason = blocked_reason(run, self.ctx)
+        return None, f"not run: {reason}" if reason else f"not run: pending ({self.command})"
 
     def metric(self, run: RunSpec, component: Optional[str], ood_set: str, metric: str) -> Cell:
         """One metric of one run on one OOD set, in percent."""

@@ -24,11 +24,11 @@ Arguments (``postprocessor_args``, schema :class:`MoodcatArgs`): ``scorers`` (su
 lpips, dists; ``cb`` stands for every entry of ``cb_variants``), ``cb_variants`` ([cb] or [cb,
 cb_ext]), ``mask_style``, ``test_area`` ([lo, hi] area fraction), ``num_masks`` (K > 1 averages
 each distance over K masks), ``mask_seed`` (draws another set of test masks: the paper's
-Table 5 repeats its random-mask rows; 0 = the default draw), ``label_source`` (only ``predicted``;
-see below), ``use_ema`` (decoder EMA weights). The method file's other sections (``MoodcatPostprocessor.config_sections``)
-are checked by the schemas of the MoodcatGAN network (``gan_network``), the trainers
-``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb network (``cb_network``) and
-:class:`IqaConfig` (``iqa``).
+Table 5 repeats its random-mask rows; 0 = the default draw), ``label_source`` (only
+``predicted``; see below), ``use_ema`` (decoder EMA weights). The method file's other sections
+(``MoodcatPostprocessor.config_sections``) are checked by the schemas of the MoodcatGAN network
+(``gan_network``), the trainers ``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb
+network (``cb_network``) and :class:`IqaConfig` (``iqa``).
 
 Per-scorer confs (``-distance``) are recorded in ``last_components`` (leaderboard rows
 ``moodcat:cb``, ``moodcat:lpips``, ... = the paper's Table 4 single-scorer results).
