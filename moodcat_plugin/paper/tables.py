@@ -210,6 +210,9 @@ def header(table: TableSpec, ctx: Context, results: Results, runs: Sequence[RunS
              f"- **Data:** {data_root}; OOD sets not in the data folder: {', '.join(missing) or 'none'}"
              + (" (their rows: not run)." if missing else "."),
              f"- **Metrics:** {METRICS_NOTE}."]
+    if table.summaries:
+        lines.append(f"- **{'/'.join(table.summaries)} rows:** ours over the OOD sets that ran here "
+                     f"({len(table.sets) - len(missing)} of {len(table.sets)}), the paper's over all {len(table.sets)}.")
     lines += [f"- **Note:** {note}" for note in table.notes]
     lines.append(f"- **Wall time:** expected before this command started: {estimate}; measured: "
                  + (f"{duration(sum(measured))} (sum over the {len(measured)} finished run(s), each including the "
