@@ -134,6 +134,13 @@ def build_network(network_cfg, num_classes: int) -> torch.nn.Module:
     return NETWORKS.get(network_cfg.name)(num_classes=num_classes, **kwargs)
 
 
+def classifier_run(cfg) -> Tuple[dict, Path]:
+    """(cache key, run folder) of the classifier a method config trains (its own trainer/network,
+    or the benchmark's shared ones); ``cfg.device`` must be resolved (not ``auto``)."""
+    key = {"benchmark": cfg.dataset.name, "network": cfg.network, "trainer": cfg.trainer, "seed": cfg.seed}
+    return key, run_folder(cfg, f"{cfg.dataset.name}-{cfg.trainer.name}", key)
+
+
 class Runner:
     """Holds one run: config, benchmark, evaluator, and the networks trained so far."""
 
@@ -167,8 +174,7 @@ class Runner:
     def network_for(self, cfg, method: str):
         """(net, info) for a method config: loaded checkpoint, cached run or fresh training."""
         trainer_cls = TRAINERS.get(cfg.trainer.name)
-        key = {"benchmark": cfg.dataset.name, "network": cfg.network, "trainer": cfg.trainer, "seed": cfg.seed}
-        folder = run_folder(cfg, f"{cfg.dataset.name}-{cfg.trainer.name}", key)
+        key, folder = classifier_run(cfg)
         if str(folder) in self._networks:
             return self._networks[str(folder)]
         seed_everything(cfg.seed)  # initial weights independent of what ran before in this process

@@ -7,11 +7,12 @@ one-line :class:`~moodcat_plugin.errors.ConfigError` on the first problem.
 """
 from __future__ import annotations
 
-from typing import Annotated, Dict, Mapping
+from typing import Annotated, Dict, List, Mapping
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from moodcat_plugin.data.loaders import AUGMENT_LIST
+from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.evaluation.metrics import FPR_CONVENTIONS
 from moodcat_plugin.registry import NETWORKS, TRAINERS
 from moodcat_plugin.schema import (FLAG, SECTION, TEXT, Expect, Registered, Schema, check, check_method_section,
@@ -20,12 +21,24 @@ from moodcat_plugin.schema import (FLAG, SECTION, TEXT, Expect, Registered, Sche
 DEVICE = Annotated[str, Field(strict=True, pattern=r"^(auto|cpu|cuda(:\d+)?)$"), Expect("auto, cpu, cuda or cuda:N")]
 
 
+def _distinct_classes(values: List[int]) -> List[int]:
+    if len(set(values)) != len(values):
+        raise ValueError("must not name a class twice")
+    return values
+
+
+#: A list of class ids of a data file (``known_classes``, a set's ``classes``).
+CLASS_IDS = Annotated[list_of(integer(ge=0), min_length=1, expect="a non-empty list of class ids (integers >= 0)"),
+                      AfterValidator(_distinct_classes)]
+
+
 class SetSpec(Schema):
     """Where one image set comes from, per source (see ``moodcat_plugin/data/benchmark.py``)."""
 
     npz: optional(TEXT) = None        # file stem in the npz data pack
     imglist: optional(TEXT) = None    # OpenOOD image list under the data root
     demo: optional(TEXT) = None       # embedded demo set
+    classes: optional(CLASS_IDS) = None  # OOD/outlier sets: keep only these class ids of the file
 
     @model_validator(mode="after")
     def _names_a_source(self):
@@ -66,6 +79,7 @@ class BenchmarkConfig(Schema):
     normalization: Normalization
     train_augment: AUGMENT_LIST = []
     class_names: optional(list_of(TEXT)) = None   # for labelled pictures; length num_classes
+    known_classes: optional(CLASS_IDS) = None     # class subset: ID sets keep these ids, relabelled 0..K-1
     splits: Splits
 
 
@@ -88,10 +102,53 @@ class RunConfig(Schema):
     postprocessors: Annotated[Dict[str, SECTION], Expect("a mapping of method name -> method section")]
 
 
+SPEC_SOURCES = ("npz", "imglist", "demo")
+
+
+def _source_files(spec: Mapping) -> set:
+    """(source, location) pairs a set spec reads, e.g. {('npz', 'cifar10_test')}."""
+    return {(source, spec[source]) for source in SPEC_SOURCES if spec.get(source)}
+
+
+def check_class_selection(dataset: Mapping) -> None:
+    """Class subsets of a benchmark (open-set recognition): ``known_classes`` has ``num_classes``
+    ids; ID splits take no ``classes`` of their own; an OOD set read from an ID split's file names
+    ``classes`` disjoint from the ID classes (else known images would count as OOD). ConfigError."""
+    known, splits, where = dataset.get("known_classes"), dataset["splits"], "dataset"
+    if known is not None and len(known) != dataset["num_classes"]:
+        raise ConfigError(f"config key '{where}.known_classes' names {len(known)} classes but num_classes is "
+                          f"{dataset['num_classes']}; make them agree (the known classes become labels 0..K-1)")
+    id_files = set()
+    for split, spec in splits["id"].items():
+        if spec.get("classes") is not None:
+            raise ConfigError(f"config key '{where}.splits.id.{split}.classes': ID sets take their classes from "
+                              f"'{where}.known_classes' (relabelled 0..K-1); move the list there")
+        id_files |= _source_files(spec)
+    for group in ("near", "far"):
+        for name, spec in (splits.get(group) or {}).items():
+            shared = [location for source, location in sorted(_source_files(spec) & id_files,
+                                                                key=lambda pair: SPEC_SOURCES.index(pair[0]))]
+            if not shared:
+                continue
+            key = f"{where}.splits.{group}.{name}"
+            classes = spec.get("classes")
+            if known is None:
+                raise ConfigError(f"config key '{key}' reads the ID file {shared[0]}, all of whose classes are ID; "
+                                  f"read another file, or set '{where}.known_classes' and '{key}.classes'")
+            if classes is None:
+                raise ConfigError(f"config key '{key}' reads the ID file {shared[0]}; name its unknown classes in "
+                                  f"'{key}.classes' (disjoint from '{where}.known_classes')")
+            overlap = sorted(set(classes) & set(known))
+            if overlap:
+                raise ConfigError(f"config key '{key}.classes' includes known class(es) {overlap} of {shared[0]}; "
+                                  "OOD classes must be disjoint from known_classes")
+
+
 def check_run_config(config: Mapping) -> None:
     """Every key of a merged run config: run-wide keys and benchmark, the classifier's network and
     trainer, and each method section (its postprocessor, own trainer/network, extra sections)."""
     check(RunConfig, config, "")
+    check_class_selection(config["dataset"])
     check_registered(Registered(NETWORKS), config["network"], "network")
     check_registered(Registered(TRAINERS), config["trainer"], "trainer")
     for method, section in config["postprocessors"].items():

@@ -42,3 +42,26 @@ def _seeded():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+#: The npz files the CIFAR benchmarks and the paper's tables read: (classes, images per class).
+#: Like the real pack, SVHN, LSUN and Places365 are absent.
+FAKE_PACK = {
+    "cifar10_train20k": (10, 8), "cifar10_val": (10, 3), "cifar10_test": (10, 4),
+    "cifar100_train20k": (100, 1), "cifar100_val": (100, 1), "cifar100_test": (100, 1),
+    "tin_test_for_cifar10": (1, 20), "tin_test_for_cifar100": (1, 20), "tin_val_for_cifar10": (1, 16),
+    "tin_val_for_cifar100": (1, 16), "tin_outliers": (1, 40), "mnist_test": (1, 20), "texture_test": (1, 20),
+}
+
+
+@pytest.fixture(scope="session")
+def fake_data_pack(tmp_path_factory):
+    """A tiny stand-in for ../shared/data: random 32x32 images under the real file names and class
+    ids (CI has no data pack). For shapes and plumbing only: every score on it is noise."""
+    folder = tmp_path_factory.mktemp("fake_pack")
+    rng = np.random.default_rng(0)
+    for name, (classes, per_class) in FAKE_PACK.items():
+        labels = np.repeat(np.arange(classes), per_class)
+        images = rng.integers(0, 256, size=(len(labels), 32, 32, 3), dtype=np.uint8)
+        np.savez(folder / f"{name}.npz", images=images, labels=labels)
+    return folder

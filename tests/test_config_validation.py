@@ -71,7 +71,7 @@ def config_root_with(tmp_path, relative: str, old: str, new: str) -> Path:
      "Valid keys: APS_mode, name, postprocessor_args, postprocessor_sweep."),
     ("moodcat", "postprocessors/moodcat.yml", "mask_style: random_rectangle  #", "mask_stlye: none  #",
      "unknown config key 'mask_stlye' in 'postprocessors.moodcat.postprocessor.postprocessor_args'. Did you mean "
-     "'mask_style'? Valid keys: cb_variants, label_source, mask_style, num_masks, scorers, test_area, use_ema."),
+     "'mask_style'? Valid keys: cb_variants, label_source, mask_seed, mask_style, num_masks, scorers, test_area, use_ema."),
     ("oe", "postprocessors/oe.yml", "lambda_oe: 0.5", "lamda_oe: 0.5",
      "unknown config key 'lamda_oe' in 'postprocessors.oe.trainer'. Did you mean 'lambda_oe'?"),
     ("msp", "postprocessors/msp.yml", "postprocessor_args: {}", "postprocessor_args: {temperature: 2}",
@@ -187,7 +187,7 @@ def test_moodcat_checks_its_args_without_the_pipeline_too(make_config):
      "config key 'postprocessors.msp.postprocessor.APS_mode' must be true or false, got 1"),
     ("network.name=resnet", "config key 'network.name': unknown network 'resnet'. Did you mean: resnet18_32x32"),
     ("dataset.splits.near.extra={npzz: x}",
-     "unknown config key 'npzz' in 'dataset.splits.near.extra'. Did you mean 'npz'? Valid keys: demo, imglist, npz."),
+     "unknown config key 'npzz' in 'dataset.splits.near.extra'. Did you mean 'npz'? Valid keys: classes, demo, imglist, npz."),
     ("dataset.splits.near.extra={}",
      "config key 'dataset.splits.near.extra' must name where the set comes from (npz, imglist or demo), got {}"),
     ("dataset.splits.ood_val=null", "config key 'dataset.splits.ood_val' must be a section (a mapping of keys), got null"),

@@ -13,6 +13,14 @@ from in each supported source::
 where ``SPEC`` maps a source to a location: ``npz: cifar100_test`` (a file of the npz pack in
 the data root), ``imglist: benchmark_imglist/cifar10/test_cifar100.txt`` (OpenOOD layout under
 the data root, images under ``images_classic/``) or ``demo: digits_6to9`` (embedded demo).
+
+Class subsets (open-set recognition, e.g. 6 known / 4 unknown CIFAR-10 classes): the benchmark's
+``known_classes: [0, 7, 2, ...]`` keeps only those class ids in every ID split and relabels them
+0..K-1 in the listed order; an OOD or outlier SPEC's ``classes: [6, 4, ...]`` keeps only those ids
+of its file. Every listed class must have images (checked at load); an OOD set read from an ID
+file must list classes disjoint from the known ones (checked with the config,
+:func:`moodcat_plugin.run_schema.check_class_selection`). Note that trained models are cached
+under the benchmark's ``name``: a changed class split needs a new name.
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
+
+import numpy as np
 
 from moodcat_plugin.config import require_keys
 from moodcat_plugin.data.arrays import ImageArray, read_imglist, read_npz
@@ -29,6 +39,7 @@ log = logging.getLogger(__name__)
 OOD_GROUPS = ("near", "far")
 ID_SPLITS = ("train", "val", "test")
 SOURCES = ("npz", "imglist", "demo")
+SPEC_KEYS = SOURCES + ("classes",)
 GET_DATA_HINT = (
     "Pass --data-root with the npz data pack (files like cifar10_test.npz) or OpenOOD's layout "
     "(benchmark_imglist/ and images_classic/, see OpenOOD's scripts/download), "
@@ -87,23 +98,30 @@ class _Reader:
             return self.data_root / spec["imglist"]
         return None
 
-    def read(self, role: str, name: str, spec: Mapping, required: bool) -> Optional[ImageArray]:
+    def read(self, role: str, name: str, spec: Mapping, required: bool,
+             classes: Optional[List[int]] = None) -> Optional[ImageArray]:
         """The set ``name`` (role e.g. 'ID', 'far-OOD'), checked to be non-empty and of the
-        benchmark's image size; a missing optional set is skipped (None) with a warning."""
+        benchmark's image size; a missing optional set is skipped (None) with a warning.
+        ``classes`` (default: the SPEC's own ``classes``) keeps only those class ids."""
+        classes = spec.get("classes") if classes is None else classes
         if self.source == "demo":
-            return self._checked(role, self._demo_set(spec["demo"]).subset(slice(None), name), f"demo set '{spec['demo']}'")
-        path = self.path_of(spec)
-        if path is None or not path.is_file():
-            where = path if path is not None else f"(no '{self.source}' entry in the benchmark file)"
-            if required:
-                raise DataError(f"{role} set '{name}' not found: {where}. {GET_DATA_HINT}")
-            log.warning("skipping %s set '%s': %s is missing", role, name, where)
-            self.missing.append(name)
-            return None
-        if self.source == "npz":
-            return self._checked(role, read_npz(path, name), path)
-        return self._checked(role, read_imglist(path, self.data_root / "images_classic", name, self.image_size,
-                                                self.progress), path)
+            where = f"demo set '{spec['demo']}'"
+            array = self._demo_set(spec["demo"]).subset(slice(None), name)
+        else:
+            path = self.path_of(spec)
+            if path is None or not path.is_file():
+                where = path if path is not None else f"(no '{self.source}' entry in the benchmark file)"
+                if required:
+                    raise DataError(f"{role} set '{name}' not found: {where}. {GET_DATA_HINT}")
+                log.warning("skipping %s set '%s': %s is missing", role, name, where)
+                self.missing.append(name)
+                return None
+            where = path
+            array = read_npz(path, name) if self.source == "npz" else read_imglist(
+                path, self.data_root / "images_classic", name, self.image_size, self.progress)
+        if classes is not None:
+            array = select_classes(array, classes, f"{role} set '{name}' ({where})")
+        return self._checked(role, array, where)
 
     def _demo_set(self, key: str) -> ImageArray:
         if key not in self._demo_sets:
@@ -122,6 +140,24 @@ class _Reader:
                             f"the benchmark's image_size is {size} ({size}, {size}, 3); resize the images to "
                             f"{size}x{size} RGB, or fix image_size in the benchmark file")
         return array
+
+
+def select_classes(array: ImageArray, classes: List[int], what: str) -> ImageArray:
+    """The images of ``array`` whose label is in ``classes`` (labels unchanged). DataError naming
+    ``what`` when a listed class has no image (a wrong id, or the wrong file)."""
+    present = set(np.unique(array.labels).tolist())
+    absent = [c for c in classes if c not in present]
+    if absent:
+        raise DataError(f"{what} has no images of class(es) {absent} (its labels: {sorted(present)[:12]}"
+                        f"{' ...' if len(present) > 12 else ''}); fix the class list in the benchmark file")
+    return array.subset(np.flatnonzero(np.isin(array.labels, classes)))
+
+
+def relabel_known(array: ImageArray, known: List[int]) -> ImageArray:
+    """``array`` (only known classes) with label ``known[k]`` replaced by ``k`` (0..K-1)."""
+    lookup = np.full(max(known) + 1, -1, dtype=np.int64)
+    lookup[np.asarray(known)] = np.arange(len(known))
+    return ImageArray(array.name, array.images, lookup[array.labels])
 
 
 def _check_id_labels(array: ImageArray, num_classes: int) -> None:
@@ -146,8 +182,11 @@ def load_benchmark(spec: Mapping, data_root: Optional[str], progress: bool = Tru
     root = Path(data_root).expanduser() if data_root else None
     reader = _Reader(detect_source(root, sources), root, spec.get("image_size", 32), progress)
 
-    id_sets = {split: reader.read("ID", f"{spec['name']}_{split}", splits["id"][split], True)
+    known = spec.get("known_classes")
+    id_sets = {split: reader.read("ID", f"{spec['name']}_{split}", splits["id"][split], True, known)
                for split in ID_SPLITS}
+    if known is not None:
+        id_sets = {split: relabel_known(array, known) for split, array in id_sets.items()}
     for array in id_sets.values():
         _check_id_labels(array, spec["num_classes"])
     ood_val = reader.read("OOD validation", "ood_val", splits["ood_val"], True).as_ood()
@@ -187,9 +226,9 @@ def _check_splits(splits, benchmark: str) -> None:
             raise ConfigError(f"{where}: splits.{group} must map set names to sets, e.g. svhn: {{npz: svhn_test}}")
         named.update({f"splits.{group}.{k}": v for k, v in sets.items()})
     for key, item in named.items():
-        if not isinstance(item, Mapping) or not item or set(item) - set(SOURCES):
+        if not isinstance(item, Mapping) or not set(item) & set(SOURCES) or set(item) - set(SPEC_KEYS):
             raise ConfigError(f"{where}: {key} must map a source ({', '.join(SOURCES)}) to a location, "
-                              f"e.g. {{npz: cifar10_test}}; got {item!r}")
+                              f"e.g. {{npz: cifar10_test}} (optionally with classes: [...]); got {item!r}")
 
 
 def _all_specs(splits: Mapping):

@@ -23,11 +23,12 @@ Setup (each part cached in its own run folder, keyed by the config that determin
 Arguments (``postprocessor_args``, schema :class:`MoodcatArgs`): ``scorers`` (subset of cb,
 lpips, dists; ``cb`` stands for every entry of ``cb_variants``), ``cb_variants`` ([cb] or [cb,
 cb_ext]), ``mask_style``, ``test_area`` ([lo, hi] area fraction), ``num_masks`` (K > 1 averages
-each distance over K masks), ``label_source`` (only ``predicted``; see below), ``use_ema``
-(decoder EMA weights). The method file's other sections (``MoodcatPostprocessor.config_sections``)
-are checked by the schemas of the MoodcatGAN network (``gan_network``), the trainers
-``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb network (``cb_network``) and
-:class:`IqaConfig` (``iqa``).
+each distance over K masks), ``mask_seed`` (draws another set of test masks: the paper's
+Table 5 repeats its random-mask rows; 0 = the default draw), ``label_source`` (only
+``predicted``; see below), ``use_ema`` (decoder EMA weights). The method file's other sections
+(``MoodcatPostprocessor.config_sections``) are checked by the schemas of the MoodcatGAN network
+(``gan_network``), the trainers ``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb
+network (``cb_network``) and :class:`IqaConfig` (``iqa``).
 
 Per-scorer confs (``-distance``) are recorded in ``last_components`` (leaderboard rows
 ``moodcat:cb``, ``moodcat:lpips``, ... = the paper's Table 4 single-scorer results).
@@ -106,6 +107,7 @@ class MoodcatArgs(Schema):
     mask_style: choice(*VALID_STYLES) = "random_rectangle"
     test_area: AREA_RANGE = list(TEST_AREA)
     num_masks: integer(ge=1) = 1
+    mask_seed: integer(ge=0) = 0  # another draw of the test masks (repeated rows); calibration masks stay fixed
     label_source: Annotated[Any, AfterValidator(_deployable_label_source), Expect("'predicted'")] = "predicted"
     use_ema: FLAG = False
 
@@ -141,6 +143,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.mask_style = self.args.get("mask_style", "random_rectangle")
         self.test_area = tuple(float(a) for a in self.args.get("test_area", (0.15, 0.33)))
         self.num_masks = int(self.args.get("num_masks", 1))
+        self.mask_seed = int(self.args.get("mask_seed", 0))
         self.label_source = self.args.get("label_source", "predicted")
         self.use_ema = bool(self.args.get("use_ema", False))
         self.iqa_cfg = dict(config.get("iqa") or {})
@@ -157,7 +160,11 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.fusion = CascadeFusion()
         self.training_info: Dict[str, dict] = {}
         self.run_meta: dict = {}
-        self.generator = torch.Generator().manual_seed(int(config.get("seed", 0)) + SCORING_SEED_OFFSET)
+        self.generator = torch.Generator().manual_seed(self._scoring_seed())
+
+    def _scoring_seed(self) -> int:
+        """Seed of the test-time masks: run seed + offset (+ ``mask_seed`` for another draw)."""
+        return int(self.config.get("seed", 0)) + SCORING_SEED_OFFSET + self.mask_seed
 
     @property
     def iqa_scorers(self):
@@ -183,13 +190,14 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.train(net, id_loader_dict)
         self._calibrate(net, id_loader_dict["val"])
         self._save_grids(net, id_loader_dict, ood_loader_dict)
-        self.generator.manual_seed(int(self.config.get("seed", 0)) + SCORING_SEED_OFFSET)
+        self.generator.manual_seed(self._scoring_seed())
         self.run_meta = {
             "scorers": self.scorer_names,
             "iqa_trunks": ("none" if not self.iqa_scorers else
                            "pretrained (ImageNet, from the torch hub cache)" if self.iqa_pretrained else
                            "RANDOM (tests only: IQA scores meaningless)"),
             "label_source": self.label_source, "num_masks": self.num_masks, "mask_style": self.mask_style,
+            "mask_seed": self.mask_seed,
             "calibration": f"ID val, {len(next(iter(self.fusion.reference.values())))} images",
             "training": self.training_info,
         }

@@ -1,0 +1,187 @@
+"""Scoring runs of the paper's tables: one config per :class:`RunSpec`, trained and scored through
+the normal pipeline (:class:`moodcat_plugin.pipeline.Runner`), saved under a folder named by the
+run's config hash.
+
+Layout under ``<output_dir>/paper/``::
+
+    runs/<benchmark>-<method>-<hash>/<dataset>/scores/<method>/   per-sample scores + meta.json
+    runs/<benchmark>-<method>-<hash>/paper_run.json               what ran, wall seconds
+    table<N>.md, table<N>.csv                                      the tables (moodcat_plugin.paper.tables)
+
+Trained models live in the usual checkpoint cache (default ``<output_dir>/checkpoints``, the same
+folder ``run_benchmark.py --output-dir <output_dir>`` uses), keyed as always, so tables share
+models with each other and with earlier benchmark runs. A run whose ``meta.json`` exists is
+finished and skipped (resume after an interruption); ``rerun`` scores it again.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from moodcat_plugin.config import Config, ConfigError, config_hash, load_yaml
+from moodcat_plugin.evaluation.leaderboard import read_method_folders
+from moodcat_plugin.moodcat.scorers import IQA_SCORERS, hub_checkpoint_dir, required_weight_files
+from moodcat_plugin.paper.spec import RunSpec
+from moodcat_plugin.pipeline import Runner, _named_file, build_config, method_config, validate
+from moodcat_plugin.utils import atomic_write_json, resolve_device
+
+log = logging.getLogger(__name__)
+LOCATION_KEYS = ("output_dir", "checkpoint_dir", "data_root", "progress")
+
+
+@dataclass
+class Context:
+    """Where and how the tables run (the script's flags)."""
+
+    config_root: Path
+    profile: str = "cpu"
+    output_dir: Path = Path("results")
+    checkpoint_dir: Optional[str] = None     # default <output_dir>/checkpoints
+    data_root: Optional[str] = None          # default: base.yml's (../shared/data)
+    device: Optional[str] = None
+    overrides: Sequence[str] = ()            # run-wide --set overrides (e.g. num_threads=1)
+    progress: bool = True
+    rerun: bool = False
+    _configs: Dict[RunSpec, Config] = field(default_factory=dict, repr=False)
+
+    @property
+    def paper_dir(self) -> Path:
+        return Path(self.output_dir) / "paper"
+
+    def flags(self) -> dict:
+        return {"output_dir": str(self.paper_dir / "runs"),
+                "checkpoint_dir": self.checkpoint_dir or str(Path(self.output_dir) / "checkpoints"),
+                "data_root": self.data_root, "device": self.device, "progress": None if self.progress else False}
+
+
+# -- configs ---------------------------------------------------------------------------------------------
+def run_config(run: RunSpec, ctx: Context) -> Config:
+    """The validated run config of ``run`` (cached per context); ``output_dir`` is the run's folder."""
+    if run not in ctx._configs:
+        overrides = list(ctx.overrides) + [f"postprocessors.{run.method}.{o}" for o in run.overrides]
+        config = build_config(run.benchmark, [run.method], ctx.profile, overrides=overrides, flags=ctx.flags(),
+                              config_root=ctx.config_root)
+        _choose_ood_sets(config, run, ctx.config_root)
+        validate(config)
+        config.output_dir = str(ctx.paper_dir / "runs" / f"{run.benchmark}-{run.method}-{run_hash(config, run.method)}")
+        ctx._configs[run] = config
+    return ctx._configs[run]
+
+
+def _choose_ood_sets(config: Config, run: RunSpec, config_root: Path) -> None:
+    """Replace the OOD sets by those of ``run.ood_sets_from`` (same ID data required) and keep only
+    ``run.sets_only``. The benchmark's name, and so every cached model, stays the same."""
+    splits = config.dataset.splits
+    if run.ood_sets_from:
+        source = load_yaml(_named_file(config_root, "benchmarks", run.ood_sets_from))
+        if source.get("splits", {}).get("id") != dict(_plain(splits.id)):
+            raise ConfigError(f"ood_sets_from: benchmark '{run.ood_sets_from}' has other ID sets than "
+                              f"'{run.benchmark}'; its OOD sets would not test the same classifier")
+        for group in ("near", "far"):
+            splits[group] = copy.deepcopy(source["splits"].get(group) or {})
+    if run.sets_only:
+        present = {name for group in ("near", "far") for name in (splits.get(group) or {})}
+        unknown = sorted(set(run.sets_only) - present)
+        if unknown:
+            raise ConfigError(f"sets_only names {unknown}, which benchmark '{run.benchmark}' does not have "
+                              f"(its OOD sets: {', '.join(sorted(present))})")
+        for group in ("near", "far"):
+            splits[group] = {name: spec for name, spec in (splits.get(group) or {}).items() if name in run.sets_only}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run_hash(config: Config, method: str) -> str:
+    """Hash of everything that decides a run's scores: the method's whole config (benchmark and
+    OOD sets, classifier, method sections, profile, seed, threads) and the device type; not where
+    files go."""
+    view = _plain(method_config(config, method))
+    for key in LOCATION_KEYS:
+        view.pop(key, None)
+    view["device_type"] = resolve_device(config.device).type
+    return config_hash(view)
+
+
+# -- state -------------------------------------------------------------------------------------------------
+def run_folder(run: RunSpec, ctx: Context) -> Path:
+    return Path(run_config(run, ctx).output_dir)
+
+
+def scores_folder(run: RunSpec, ctx: Context) -> Path:
+    config = run_config(run, ctx)
+    return Path(config.output_dir) / config.dataset.name / "scores" / run.method
+
+
+def is_finished(run: RunSpec, ctx: Context) -> bool:
+    return (scores_folder(run, ctx) / "meta.json").is_file()
+
+
+def blocked_reason(run: RunSpec, ctx: Context) -> Optional[str]:
+    """Why ``run`` cannot run here, or None: the pretrained LPIPS/DISTS trunks it needs are not in
+    the torch hub cache (nothing is downloaded; tiny-profile random trunks need none)."""
+    section = run_config(run, ctx).postprocessors[run.method]
+    iqa = section.get("iqa")
+    if iqa is None or not iqa.get("pretrained", True):
+        return None
+    scorers = section.postprocessor.get("postprocessor_args", {}).get("scorers", ["cb"])
+    needed = required_weight_files([s for s in scorers if s in IQA_SCORERS], iqa.get("lpips_trunk", "vgg"))
+    missing = sorted({f for files in needed.values() for f in files if not (hub_checkpoint_dir() / f).is_file()})
+    return f"weights missing ({', '.join(missing)} in {hub_checkpoint_dir()})" if missing else None
+
+
+# -- running -----------------------------------------------------------------------------------------------
+def execute(run: RunSpec, ctx: Context) -> str:
+    """Train what ``run`` needs (cached models are reused) and score its sets; returns 'finished',
+    'already finished' or 'not run: <reason>'."""
+    if is_finished(run, ctx) and not ctx.rerun:
+        return "already finished"
+    reason = blocked_reason(run, ctx)
+    if reason:
+        return f"not run: {reason}"
+    config = run_config(run, ctx)
+    started = time.time()
+    runner = Runner(config)
+    postprocessor, net, meta = runner.prepare_method(run.method)
+    runner.evaluator.evaluate(run.method, postprocessor, net, {**meta, "paper_run": run.describe()})
+    seconds = round(time.time() - started, 1)
+    atomic_write_json({"run": run.describe(), "profile": config.profile, "device": config.device,
+                       "threads": runner.threads, "seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")},
+                      run_folder(run, ctx) / "paper_run.json")
+    return "finished"
+
+
+@dataclass
+class RunResult:
+    """What a finished run scored: leaderboard rows by name ('moodcat', 'moodcat:cb', ...),
+    the OOD sets missing from the data folder, and its wall seconds."""
+
+    rows: Dict[str, dict]
+    missing: List[str]
+    seconds: Optional[float] = None
+
+
+def read_result(run: RunSpec, ctx: Context) -> Optional[RunResult]:
+    """The saved scores of ``run`` as metrics, or None when it has not finished."""
+    if not is_finished(run, ctx):
+        return None
+    config = run_config(run, ctx)
+    rows, skipped = read_method_folders(Path(config.output_dir) / config.dataset.name)
+    if skipped:
+        log.warning("run %s: unreadable scores (%s); rerun with --rerun", run.describe(), skipped[0])
+    if not rows:
+        return None
+    info = run_folder(run, ctx) / "paper_run.json"
+    seconds = json.loads(info.read_text()).get("seconds") if info.is_file() else None
+    return RunResult(rows={row["method"]: row for row in rows}, missing=list(rows[0]["meta"].get("missing", [])),
+                     seconds=seconds)
