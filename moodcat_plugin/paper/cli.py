@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 from moodcat_plugin.errors import UserError
+from moodcat_plugin.utils import run_guarded
 
 log = logging.getLogger("reproduce_paper")
 PROFILES = ("tiny", "demo", "cpu", "gpu")
@@ -173,17 +173,4 @@ def run(args) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        with logging_redirect_tqdm():
-            print(run(args))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished runs, models and tables are kept; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_guarded(lambda: run(args))
