@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Dict, List, Mapping
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from moodcat_plugin.data.loaders import AUGMENT_LIST
 from moodcat_plugin.errors import ConfigError
@@ -81,6 +81,15 @@ class BenchmarkConfig(Schema):
     class_names: optional(list_of(TEXT)) = None   # for labelled pictures; length num_classes
     known_classes: optional(CLASS_IDS) = None     # class subset: ID sets keep these ids, relabelled 0..K-1
     splits: Splits
+
+    @field_validator("class_names")
+    @classmethod
+    def _one_name_per_class(cls, names, info):
+        expected = info.data.get("num_classes")
+        if names is not None and expected is not None and len(names) != expected:
+            raise ValueError(f"must name each of the num_classes={expected} classes in label order, "
+                             f"not {len(names)}")
+        return names
 
 
 class RunConfig(Schema):

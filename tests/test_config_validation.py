@@ -202,3 +202,12 @@ def test_structural_mistakes_name_the_key(override, message):
 def test_nesterov_needs_momentum(make_config):
     with pytest.raises(ConfigError, match=r"^config key 'trainer\.nesterov' can only be true with momentum > 0"):
         make_config(["msp"], "trainer.momentum=0")
+
+
+def test_class_names_must_name_every_class():
+    from moodcat_plugin.errors import ConfigError
+    from moodcat_plugin.pipeline import build_config
+
+    assert build_config("cifar10", ["msp"]).dataset.class_names[0] == "airplane"
+    with pytest.raises(ConfigError, match=r"'dataset.class_names' must name each of the num_classes=10"):
+        build_config("cifar10", ["msp"], overrides=["dataset.class_names=[a, b]"])
