@@ -87,13 +87,13 @@ def test_variants_run_end_to_end_with_cascade_row(make_config):
     method = "moodcat"
     cfg = make_config([method], f"postprocessors.{method}.cb_network.name=feature_comparator_cb",
                       f"postprocessors.{method}.cb.synthetic_negatives=[shuffled_patches, mixed_classes]",
-                      f"postprocessors.{method}.postprocessor.postprocessor_args.scorers=[cb, ebo]")
+                      f"postprocessors.{method}.postprocessor.postprocessor_args.scorers=[cb, classifier_lpips, ebo]")
     runner = Runner(cfg)
     post, net, meta = runner.prepare_method(method)
     assert post.training_needs_classifier()
     runner.evaluator.evaluate(method, post, net, meta)
     markdown = runner.leaderboard()
-    assert "| moodcat:cb |" in markdown and "| moodcat:ebo |" in markdown
+    assert "| moodcat:cb |" in markdown and "| moodcat:ebo |" in markdown and "| moodcat:classifier_lpips |" in markdown
 
 
 def test_protocols_condition_on_what_their_header_says():
@@ -145,3 +145,18 @@ def test_ablation_script_writes_one_table_of_variants(tmp_path):
     assert [r["name"] for r in rows] == ["paper_cb500", "paper"]
     assert all(0 <= r["cb_val_acc"] <= 1 and r["recon_mse"] > 0 for r in rows)
     assert moodcat_ablation.main([*common, "--variants", "no_such_variant"]) == 2
+
+
+def test_classifier_lpips_is_zero_for_identical_images_and_grows_with_change():
+    from moodcat_plugin.moodcat.scorers import ClassifierLPIPS
+
+    torch.manual_seed(0)
+    classifier = ResNet18_32x32(6, width=0.125).eval()
+    scorer = ClassifierLPIPS(classifier, MEAN, STD)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = torch.zeros(4, dtype=torch.long)
+    assert torch.allclose(scorer(x, x, y), torch.zeros(4), atol=1e-6)
+    small = scorer(x, (x + 0.05 * torch.randn_like(x)).clamp(-1, 1), y)
+    large = scorer(x, torch.rand(4, 3, 32, 32) * 2 - 1, y)
+    assert (small > 0).all() and (large > small).all()
+    assert not any(k.startswith("classifier") for k in scorer.state_dict())

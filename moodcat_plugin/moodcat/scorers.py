@@ -8,6 +8,11 @@ synthesis ``x_synth`` (both ``[B,3,32,32]`` in [-1,1]) and the conditioning labe
 * ``LPIPSScorer`` -- LPIPS of the ``lpips`` PyPI package (VGG16 or AlexNet trunk + the linear
   heads that ship inside the package), >= 0.
 * ``DISTSScorer`` -- piq's DISTS (VGG16 trunk + DISTS alpha/beta), in [0, 1].
+* ``ClassifierLPIPS`` (``classifier_lpips``, not in the paper) -- LPIPS computed with the deployed
+  classifier's own trunk instead of an ImageNet VGG: every feature map of
+  ``classifier(x, return_feature_list=True)`` unit-normalised over channels, squared difference
+  between x and x', averaged over space and layers (uniform weights: no learned heads), >= 0.
+  Needs no downloaded weights; the classifier is read, never trained.
 * ``ebo`` (:func:`logit_distance`) -- not MOODCAT: the classifier's free energy, for the cascade
   "MOODCAT then a logit score" that the leaderboard reports as its own row.
 
@@ -38,6 +43,7 @@ from moodcat_plugin.errors import ConfigError, MissingWeightsError
 IQA_SCORERS = ("lpips", "dists")
 CB_SCORERS = ("cb", "cb_ext")
 LOGIT_SCORERS = ("ebo",)  # classifier scores for cascade rows that name them (not MOODCAT alone)
+FEATURE_SCORERS = ("classifier_lpips",)  # distances in the frozen classifier's feature space (no weights to fetch)
 LPIPS_TRUNKS = ("vgg", "alex")
 # How to drop the IQA scorers with our CLI (the default); inside OpenOOD the bridge passes its own.
 DROP_HINT = ("--set postprocessors.moodcat.postprocessor.postprocessor_args.scorers=[cb] "
@@ -154,6 +160,28 @@ def logit_distance(name: str, logits: torch.Tensor) -> torch.Tensor:
     if name != "ebo":
         raise ConfigError(f"unknown logit scorer '{name}'; valid: {', '.join(LOGIT_SCORERS)}")
     return -torch.logsumexp(logits.float(), dim=1)
+
+
+class ClassifierLPIPS(nn.Module):
+    """Perceptual distance in the frozen classifier's feature space (see module doc), >= 0."""
+
+    def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.name = "classifier_lpips"
+        self.__dict__["classifier"] = classifier  # read-only, not a submodule: never saved or trained
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, x_synth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.classifier.eval()
+        images = (torch.cat([x, x_synth]) + 1.0) * 0.5
+        _, maps = self.classifier((images - self.mean) / self.std, return_feature_list=True)
+        total = torch.zeros(len(x), device=x.device)
+        for feature in maps:
+            unit = feature.float() / (feature.float().norm(dim=1, keepdim=True) + 1e-10)
+            total += (unit[: len(x)] - unit[len(x):]).pow(2).sum(dim=1).mean(dim=(1, 2))
+        return total / len(maps)
 
 
 class CbScorer(nn.Module):

@@ -60,8 +60,9 @@ from moodcat_plugin.errors import ConfigError, DataError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.images import class_name, save_labelled_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES
-from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, LOGIT_SCORERS, LPIPS_TRUNKS, CbScorer,
-                                            build_iqa_scorer, check_cached_weights, logit_distance)
+from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, FEATURE_SCORERS, IQA_SCORERS, LOGIT_SCORERS,
+                                            LPIPS_TRUNKS, CbScorer, ClassifierLPIPS, build_iqa_scorer,
+                                            check_cached_weights, logit_distance)
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
 from moodcat_plugin.schema import FLAG, Expect, Registered, Schema, check, choice, integer, list_of
@@ -99,8 +100,9 @@ def _deployable_label_source(value: Any) -> Any:
 class MoodcatArgs(Schema):
     """MOODCAT's ``postprocessor_args`` (defaults: what the code uses when a key is absent)."""
 
-    scorers: Annotated[list_of(choice("cb", *IQA_SCORERS, *LOGIT_SCORERS), min_length=1,
-                               expect=f"a non-empty subset of cb, {', '.join(IQA_SCORERS + LOGIT_SCORERS)}"),
+    scorers: Annotated[list_of(choice("cb", *IQA_SCORERS, *FEATURE_SCORERS, *LOGIT_SCORERS), min_length=1,
+                               expect="a non-empty subset of cb, "
+                                      f"{', '.join(IQA_SCORERS + FEATURE_SCORERS + LOGIT_SCORERS)}"),
                        AfterValidator(_distinct)] = ["cb"]
     cb_variants: Annotated[list_of(choice(*CB_SCORERS), expect="[cb] or [cb, cb_ext]"),
                            AfterValidator(_cb_variants)] = ["cb"]
@@ -157,6 +159,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.benchmark = None       # set by the runner before setup (train images, outliers)
         self.gan = None
         self.scorer_modules: Dict[str, torch.nn.Module] = {}
+        self._cbs: Dict[str, torch.nn.Module] = {}
         self.fusion = CascadeFusion()
         self.training_info: Dict[str, dict] = {}
         self.run_meta: dict = {}
@@ -188,6 +191,8 @@ class MoodcatPostprocessor(BasePostprocessor):
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
         net.eval()
         self.train(net, id_loader_dict)
+        if not self.scorer_modules:  # trained earlier without the classifier (ablation's train stage)
+            self.scorer_modules = self._build_scorers(self._cbs, net)
         self._calibrate(net, id_loader_dict["val"])
         self._save_grids(net, id_loader_dict, ood_loader_dict)
         self.generator.manual_seed(self._scoring_seed())
@@ -211,9 +216,10 @@ class MoodcatPostprocessor(BasePostprocessor):
         if self.gan is not None:
             return
         self.gan, gan_key = self._train_gan(net, id_loader_dict)
-        cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key)
-               for variant in self.scorer_names if variant in CB_SCORERS}
-        self.scorer_modules = self._build_scorers(cbs)
+        self._cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key)
+                     for variant in self.scorer_names if variant in CB_SCORERS}
+        if net is not None:
+            self.scorer_modules = self._build_scorers(self._cbs, net)
 
     def summary(self) -> str:
         """One short line: scorers, Cb validation accuracy, calibration size, grid folder."""
@@ -344,13 +350,19 @@ class MoodcatPostprocessor(BasePostprocessor):
                                    disable=not self.config.get("progress", True))]
         return ImageArray(f"{outlier.name}_pseudo", outlier.images, torch.cat(preds).numpy())
 
-    def _build_scorers(self, cbs: Dict[str, torch.nn.Module]) -> Dict[str, torch.nn.Module]:
-        """Modules of the image scorers (Cb variants, IQA); logit scorers need none."""
+    def _build_scorers(self, cbs: Dict[str, torch.nn.Module], net) -> Dict[str, torch.nn.Module]:
+        """Modules of the image scorers (Cb variants, classifier-feature and IQA distances);
+        logit scorers need none."""
         modules = {}
         for name in self.scorer_names:
             if name in LOGIT_SCORERS:
                 continue
-            module = CbScorer(cbs[name], name) if name in CB_SCORERS else build_iqa_scorer(name, self.iqa_cfg)
+            if name in CB_SCORERS:
+                module = CbScorer(cbs[name], name)
+            elif name in FEATURE_SCORERS:
+                module = ClassifierLPIPS(net, self.mean, self.std)
+            else:
+                module = build_iqa_scorer(name, self.iqa_cfg)
             modules[name] = module.to(self.device).eval()
         return modules
 
