@@ -64,6 +64,8 @@ from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, 
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
 from moodcat_plugin.schema import FLAG, Expect, Registered, Schema, check, choice, integer, list_of
+from moodcat_plugin.trainers.moodcat_gan_trainer import GAN_SPEED_DEFAULTS
+from moodcat_plugin.trainers.speed import SPEED_DEFAULTS, cache_key_section
 from moodcat_plugin.training import FINAL, fit, run_folder
 
 log = logging.getLogger(__name__)
@@ -244,7 +246,8 @@ class MoodcatPostprocessor(BasePostprocessor):
 
     def _gan_key(self) -> dict:
         cfg = self.config
-        return {"benchmark": cfg.dataset.name, "gan_network": cfg.gan_network, "gan": cfg.gan,
+        return {"benchmark": cfg.dataset.name, "gan_network": cfg.gan_network,
+                "gan": cache_key_section(cfg.gan, GAN_SPEED_DEFAULTS),
                 "seed": cfg.get("seed", 0),
                 "train_source": "benchmark" if self.benchmark is not None else "id_loader_dict"}
 
@@ -296,7 +299,8 @@ class MoodcatPostprocessor(BasePostprocessor):
         torch.manual_seed(int(cfg.get("seed", 0)) + 1)
         cb = self._build_cb(net).to(self.device)
         loader = self._train_loader(id_loader_dict, cfg.cb, int(cfg.get("seed", 0)) + 1, "cb")
-        key = {"gan": gan_key, "cb_network": cfg.cb_network, "cb": cfg.cb, "variant": variant}
+        key = {"gan": gan_key, "cb_network": cfg.cb_network, "cb": cache_key_section(cfg.cb, SPEED_DEFAULTS),
+               "variant": variant}
         if self._cb_needs_classifier():
             key.update(self._classifier_key())
         unlabeled = None

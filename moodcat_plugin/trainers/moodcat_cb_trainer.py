@@ -27,6 +27,10 @@ problem (0.5, 0.999) converged more smoothly than (0, 0.999). One "epoch" is
 ``steps_per_epoch`` steps (loaders are cycled). Per epoch: ``loss``, ``train_acc`` (binary
 accuracy on the labelled pairs, logit > 0 = mismatch) and ``val_acc`` on ``val_loader`` (one
 positive and one negative per image, fixed masks and wrong labels so epochs are comparable).
+
+Speed options (off by default; the ``gpu`` profile turns them on): ``amp`` (the frozen
+generator's synthesis and Cb's forward under autocast, the hinge loss in fp32) and
+``fused_optimizer``, see :mod:`moodcat_plugin.trainers.speed`.
 """
 from __future__ import annotations
 
@@ -45,9 +49,11 @@ from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.moodcat.synthetic_outliers import SYNTHETIC_OUTLIERS
 from moodcat_plugin.schema import FLAG, choice, integer, list_of, number
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, endless
+from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, MixedPrecision, adam
 
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
-            "train_area": TEST_AREA, "use_ema": False, "synthetic_negatives": (), "outlier_label": "wrong"}
+            "train_area": TEST_AREA, "use_ema": False, "synthetic_negatives": (), "outlier_label": "wrong",
+            **SPEED_DEFAULTS}
 
 
 class MoodcatCbConfig(StepTrainerConfig):
@@ -62,6 +68,8 @@ class MoodcatCbConfig(StepTrainerConfig):
     augment: AUGMENT_LIST = ("flip",)
     synthetic_negatives: list_of(choice(*SYNTHETIC_OUTLIERS)) = ()   # variant: OOD-like negatives from ID images
     outlier_label: choice("wrong", "predicted") = DEFAULTS["outlier_label"]  # Cb(ext) outliers' condition
+    amp: AMP = DEFAULTS["amp"]                                          # off | bf16 | fp16
+    fused_optimizer: FLAG = DEFAULTS["fused_optimizer"]
 
 
 def hinge_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
@@ -94,13 +102,23 @@ class MoodcatCbTrainer(StepTrainer):
         self.generator = generator.eval().requires_grad_(False)
         self.unlabeled_loader = unlabeled_loader
         self.val_loader = val_loader
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=float(self.args["lr"]),
-                                          betas=tuple(float(b) for b in self.args["betas"]))
+        self.optimizer = adam(net.parameters(), self.args["lr"], self.args["betas"], bool(self.args["fused_optimizer"]))
+        self.precision = MixedPrecision(self.args["amp"], self.device)
         self._unlabeled_batches = endless(unlabeled_loader) if unlabeled_loader else None
 
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.precision.scaler is not None:
+            state["grad_scaler"] = self.precision.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.precision.load_state_dict(state.get("grad_scaler"))
 
     def data_streams(self) -> dict:
         streams = super().data_streams()
@@ -160,20 +178,22 @@ class MoodcatCbTrainer(StepTrainer):
         """One Adam step on a labelled batch (+ an unlabeled batch for Cb(ext))."""
         self.net.train()
         x, y = self.images_and_labels(next(self.batches))
-        images, synth, cond, is_negative = self.labelled_pairs(x, y)
-        extra = []
-        if self.args["synthetic_negatives"]:
-            extra.append(self.synthetic_negative_pairs(x, y))
-        if self._unlabeled_batches is not None:
-            extra.append(self.unlabeled_negative_pairs(next(self._unlabeled_batches)))
-        for x_neg, synth_neg, cond_neg in extra:
-            images, synth, cond = torch.cat([images, x_neg]), torch.cat([synth, synth_neg]), torch.cat([cond, cond_neg])
-            is_negative = torch.cat([is_negative, torch.ones_like(cond_neg, dtype=torch.bool)])
-        logits = self.net(images, synth, cond)
+        with self.precision.autocast():
+            images, synth, cond, is_negative = self.labelled_pairs(x, y)
+            extra = []
+            if self.args["synthetic_negatives"]:
+                extra.append(self.synthetic_negative_pairs(x, y))
+            if self._unlabeled_batches is not None:
+                extra.append(self.unlabeled_negative_pairs(next(self._unlabeled_batches)))
+            for x_neg, synth_neg, cond_neg in extra:
+                images, synth, cond = torch.cat([images, x_neg]), torch.cat([synth, synth_neg]), torch.cat([cond, cond_neg])
+                is_negative = torch.cat([is_negative, torch.ones_like(cond_neg, dtype=torch.bool)])
+            logits = self.net(images, synth, cond).float()
         loss = hinge_loss(logits[~is_negative], logits[is_negative])
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.precision.backward(loss)
+        self.precision.step(self.optimizer)
+        self.precision.update()
         self.step += 1
         labelled = logits[: 2 * len(y)].detach()
         correct, total = binary_accuracy(labelled[: len(y)], labelled[len(y):])

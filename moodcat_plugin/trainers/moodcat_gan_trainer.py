@@ -29,6 +29,14 @@ Optimisers: Adam, betas (0, 0.999), ``lr_g`` (5e-5) for encoder+decoder, ``lr_d`
 discriminator, fp32. One "epoch" is ``steps_per_epoch`` steps (the loader is cycled), so
 :func:`moodcat_plugin.training.fit` checkpoints every ``steps_per_epoch`` steps and resumes there.
 
+Speed options (off by default; the ``gpu`` profile turns them on): ``amp`` and
+``fused_optimizer`` (:mod:`moodcat_plugin.trainers.speed`), and ``concat_d_forward``: the
+discriminator step runs ONE forward over ``[x; x'; mix]`` (labels repeated) instead of one per
+input, as the U-Net GAN reference does. The discriminator has no batch statistics, so only two
+things change: each spectral-norm layer runs its power iteration once per discriminator update
+instead of once per forward (2-3 times), and convolutions see a 2-3x larger batch (other rounding).
+On a GPU it divides the discriminator step's kernel launches by 2-3, which bound the step.
+
 Outputs under ``run_dir`` (set by ``fit``): ``losses.csv`` (one row per step), ``tb/``
 (TensorBoard, every ``log_every`` steps, when ``torch.utils.tensorboard`` imports) and
 ``samples/step_XXXXXX.png`` every ``sample_every`` steps (rows: input, masked, synthesis
@@ -40,7 +48,7 @@ import csv
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import piq
 import torch
@@ -53,6 +61,7 @@ from moodcat_plugin.data.loaders import AUGMENT_LIST
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.schema import FLAG, integer, number, optional
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
+from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, MixedPrecision, adam
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +77,10 @@ DEFAULTS = {
     "steps_per_epoch": None, "lr_g": 5e-5, "lr_d": 2e-4, "betas": (0.0, 0.999), "kl_weight": 2.0,
     "ssim_weight": 5.0, "mse_weight": 3.0, "l1_weight": 2.0, "cutmix": True,
     "cutmix_warmup_epochs": 200, "ema_decay": None, "sample_every": 500, "log_every": 50,
-    "class_consistency_weight": 0.0,
+    "class_consistency_weight": 0.0, **SPEED_DEFAULTS, "concat_d_forward": False,
 }
+#: The GAN trainer's speed options at their neutral defaults (dropped from cache keys at these values).
+GAN_SPEED_DEFAULTS = {**SPEED_DEFAULTS, "concat_d_forward": False}
 
 
 class MoodcatGANConfig(StepTrainerConfig):
@@ -90,6 +101,9 @@ class MoodcatGANConfig(StepTrainerConfig):
     augment: AUGMENT_LIST = ("flip",)
     holdout_for_cb: number(ge=0, lt=1) = 0.0
     class_consistency_weight: number(ge=0) = DEFAULTS["class_consistency_weight"]
+    amp: AMP = DEFAULTS["amp"]                                          # off | bf16 | fp16
+    fused_optimizer: FLAG = DEFAULTS["fused_optimizer"]
+    concat_d_forward: FLAG = DEFAULTS["concat_d_forward"]
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -141,9 +155,10 @@ class MoodcatGANTrainer(StepTrainer):
         self.args = {**DEFAULTS, **config.trainer}
         self.classifier = self._frozen_classifier(classifier)
         self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
-        betas = tuple(float(b) for b in self.args["betas"])
-        self.opt_g = torch.optim.Adam(net.generator_parameters(), lr=float(self.args["lr_g"]), betas=betas)
-        self.opt_d = torch.optim.Adam(net.discriminator.parameters(), lr=float(self.args["lr_d"]), betas=betas)
+        fused = bool(self.args["fused_optimizer"])
+        self.opt_g = adam(net.generator_parameters(), self.args["lr_g"], self.args["betas"], fused)
+        self.opt_d = adam(net.discriminator.parameters(), self.args["lr_d"], self.args["betas"], fused)
+        self.precision = MixedPrecision(self.args["amp"], self.device)
         self.run_dir: Optional[Path] = None
         self._sample_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self._tb = None
@@ -160,6 +175,16 @@ class MoodcatGANTrainer(StepTrainer):
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.precision.scaler is not None:
+            state["grad_scaler"] = self.precision.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.precision.load_state_dict(state.get("grad_scaler"))
 
     # -- data ----------------------------------------------------------------------------------
     def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -183,19 +208,33 @@ class MoodcatGANTrainer(StepTrainer):
         return 0.5 if warmup <= 0 else 0.5 * min(1.0, epoch_idx / warmup)
 
     # -- losses --------------------------------------------------------------------------------
+    def discriminate(self, images: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's (bottleneck ``[B]``, pixel ``[B,1,32,32]``) logits, under ``amp``, in fp32."""
+        with self.precision.autocast():
+            bottleneck, pixels = self.net.discriminate(images, y)
+        return bottleneck.float(), pixels.float()
+
+    def discriminate_each(self, images: List[torch.Tensor], y: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Discriminator logits of each image batch in ``images`` (all conditioned on ``y``): one
+        forward per batch, or one over their concatenation with ``concat_d_forward``."""
+        if not self.args["concat_d_forward"]:
+            return [self.discriminate(batch, y) for batch in images]
+        bottleneck, pixels = self.discriminate(torch.cat(images), y.repeat(len(images)))
+        return list(zip(bottleneck.chunk(len(images)), pixels.chunk(len(images))))
+
     def discriminator_loss(self, x, fake, y, use_cutmix: bool) -> Dict[str, torch.Tensor]:
         """U-Net discriminator BCE on both heads (+ CutMix term); ``fake`` must be detached."""
-        gan = self.net
-        real_b, real_p = gan.discriminate(x, y)
-        fake_b, fake_p = gan.discriminate(fake, y)
+        images = [x, fake]
+        if use_cutmix:
+            mask = random_cutmix_masks(x.shape[0], x.shape[-1], x.device)
+            images.append(mask * x + (1 - mask) * fake)
+        (real_b, real_p), (fake_b, fake_p), *mix = self.discriminate_each(images, y)
         real = bce(real_b, 1) + bce(real_p, 1)
         fake_term = bce(fake_b, 0) + bce(fake_p, 0)
         loss = 0.5 * real + 0.5 * fake_term
         cutmix = torch.zeros((), device=x.device)
         if use_cutmix:
-            mask = random_cutmix_masks(x.shape[0], x.shape[-1], x.device)
-            mixed = mask * x + (1 - mask) * fake
-            mix_b, mix_p = gan.discriminate(mixed, y)
+            (mix_b, mix_p), = mix
             target_p = mask.expand_as(mix_p)
             consistency = F.mse_loss(mix_p, mask * real_p.detach() + (1 - mask) * fake_p.detach())
             cutmix = 0.5 * bce(mix_b, 0) + 0.5 * bce(mix_p, target_p) + consistency
@@ -205,7 +244,7 @@ class MoodcatGANTrainer(StepTrainer):
     def generator_loss(self, x, fake, y, mu, logvar) -> Dict[str, torch.Tensor]:
         """Adversarial (both heads) + KL + SSIM/MSE/L1 reconstruction of the unmasked ``x``."""
         a = self.args
-        fake_b, fake_p = self.net.discriminate(fake, y)
+        fake_b, fake_p = self.discriminate(fake, y)
         adv = 0.5 * bce(fake_b, 1) + 0.5 * bce(fake_p, 1)
         kl = kl_to_standard_normal(mu, logvar)
         rec = reconstruction_losses(fake, x)
@@ -232,26 +271,30 @@ class MoodcatGANTrainer(StepTrainer):
         gan.decoder.train()
         gan.discriminator.train()
         masked = apply_mask(x, "random_rectangle", area=TRAIN_AREA)
-        z, mu, logvar = gan.encoder(masked)
-        fake = gan.decoder(z, y)
+        with self.precision.autocast():
+            z, mu, logvar = gan.encoder(masked)
+            fake = gan.decoder(z, y)
+        fake, mu, logvar = fake.float(), mu.float(), logvar.float()
 
         use_cutmix = bool(torch.rand(()) < self.cutmix_probability(epoch_idx))
         d_losses = self.discriminator_loss(x, fake.detach(), y, use_cutmix)
         self.opt_d.zero_grad(set_to_none=True)
-        d_losses["d_loss"].backward()
-        self.opt_d.step()
+        self.precision.backward(d_losses["d_loss"])
+        self.precision.step(self.opt_d)
 
         gan.discriminator.requires_grad_(False)
         try:
             g_losses = self.generator_loss(x, fake, y, mu, logvar)
             self.opt_g.zero_grad(set_to_none=True)
-            g_losses["g_loss"].backward()
-            self.opt_g.step()
+            self.precision.backward(g_losses["g_loss"])
+            self.precision.step(self.opt_g)
         finally:
             gan.discriminator.requires_grad_(True)
+        self.precision.update()
         self.update_ema()
         self.step += 1
-        values = {k: float(v.detach()) for k, v in {**d_losses, **g_losses}.items()}
+        losses = {**d_losses, **g_losses}
+        values = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))  # one device sync
         return {"step": self.step, "epoch": epoch_idx, "cutmix_used": int(use_cutmix), **values}
 
     def update_ema(self) -> None:
