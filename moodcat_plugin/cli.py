@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ EXAMPLES = """examples:
   python scripts/run_benchmark.py --benchmark cifar10 --postprocessor msp \\
       --set network.width=1.0 --set network.checkpoint=/path/to/openood/best.ckpt
   python scripts/run_benchmark.py --list                            # what is registered
+  torchrun --nproc_per_node=4 scripts/run_benchmark.py -b cifar10 -p moodcat msp --profile gpu   # 4 GPUs
 """
 
 
@@ -62,6 +64,7 @@ def list_registered(config_root: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> str:
+    from moodcat_plugin import distributed
     from moodcat_plugin.pipeline import Runner, build_config, default_config_root, expand_methods
 
     config_root = args.config_root or default_config_root()
@@ -74,8 +77,19 @@ def run(args: argparse.Namespace) -> str:
     started = time.time()
     runner = Runner(config)
     log = logging.getLogger(__name__)
-    log.info("benchmark %s, profile %s, device %s, %d CPU thread(s); methods: %s", config.dataset.name,
-             config.profile, config.device, runner.threads, ", ".join(methods))
+    processes = distributed.run_processes()
+    log.info("benchmark %s, profile %s, device %s, %d CPU thread(s)%s; methods: %s", config.dataset.name,
+             config.profile, config.device, runner.threads,
+             f", {processes} processes (torchrun)" if processes > 1 else "", ", ".join(methods))
+    if processes > 1:  # every process trains, then rank 0 alone scores (see moodcat_plugin/distributed.py)
+        runner.check_distributed(methods)
+        for number, method in enumerate(methods, start=1):
+            log.info("[%d/%d] %s: train across %d processes what is not cached yet", number, len(methods), method,
+                     processes)
+            runner.train_method(method)
+        distributed.finish()
+        if not distributed.is_main():
+            return ""
     for number, method in enumerate(methods, start=1):
         log.info("[%d/%d] %s: train what is not cached yet, then score every set", number, len(methods), method)
         runner.run_method(method)
@@ -90,9 +104,13 @@ def run(args: argparse.Namespace) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 speaks for every process
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         with logging_redirect_tqdm():  # log lines above the progress bars, not glued onto them
-            print(run(args))
+            output = run(args)
+            if output:
+                print(output)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -45,6 +45,8 @@ from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES, 
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.data.loaders import AUGMENT_LIST
+from moodcat_plugin.distributed import data_parallel, shard
+from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.moodcat.synthetic_outliers import SYNTHETIC_OUTLIERS
 from moodcat_plugin.schema import FLAG, choice, integer, list_of, number
@@ -88,6 +90,7 @@ class MoodcatCbTrainer(StepTrainer):
     """Trains ``ConditionalBinaryClassifier`` on matched vs mismatched synthesis pairs."""
 
     config_schema = MoodcatCbConfig
+    supports_distributed = True
 
     def __init__(self, net: ConditionalBinaryClassifier, train_loader, config, generator: MoodcatGAN,
                  unlabeled_loader=None, val_loader=None, classifier: Optional[torch.nn.Module] = None):
@@ -95,6 +98,10 @@ class MoodcatCbTrainer(StepTrainer):
         self.args = {**DEFAULTS, **config.trainer}
         if self.args["synthetic_negatives"] and classifier is None:
             raise ValueError("synthetic_negatives are conditioned on the classifier's prediction: pass classifier=")
+        self.shard = shard()
+        if self.args["synthetic_negatives"] and self.shard[1] > 1:
+            raise ConfigError("cb.synthetic_negatives is not supported across processes (its images are drawn per "
+                              "process, not per global batch): run it in one process or set cb.synthetic_negatives=[]")
         self.classifier = classifier.eval() if classifier is not None else None
         net.to(memory_format=torch.channels_last)  # faster on CPU; values unchanged
         self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
@@ -105,6 +112,7 @@ class MoodcatCbTrainer(StepTrainer):
         self.optimizer = adam(net.parameters(), self.args["lr"], self.args["betas"], bool(self.args["fused_optimizer"]))
         self.precision = MixedPrecision(self.args["amp"], self.device)
         self._unlabeled_batches = endless(unlabeled_loader) if unlabeled_loader else None
+        self.model = data_parallel(net, self.device)  # net itself in one process
 
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
@@ -134,15 +142,28 @@ class MoodcatCbTrainer(StepTrainer):
     def synthesize(self, x: torch.Tensor, labels: torch.Tensor,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Frozen-G synthesis ``[B,3,32,32]`` of ``x`` masked (config style/area) given labels."""
-        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator)
+        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator,
+                            shard=self.shard)
         return self.generator.synthesize_from_masked(masked, labels, use_ema=bool(self.args["use_ema"]))
+
+    def mismatched(self, labels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """:func:`mismatched_labels` of ``labels`` ``[B]``; across processes drawn for the global
+        batch (this rank's labels at its rows) and this rank's rows kept."""
+        rank, world = self.shard
+        if world == 1:
+            return mismatched_labels(labels, self.num_classes, generator)
+        rows = slice(rank * len(labels), (rank + 1) * len(labels))
+        padded = labels.new_zeros(world * len(labels))
+        padded[rows] = labels
+        return mismatched_labels(padded, self.num_classes, generator)[rows]
 
     def labelled_pairs(self, x: torch.Tensor, y: torch.Tensor,
                        generator: Optional[torch.Generator] = None):
         """(x2, synth, cond, is_negative) for one positive and one negative per image; both
         members of a pair share the same mask. Shapes ``[2B,...]``; first half positives."""
-        wrong = mismatched_labels(y, self.num_classes, generator)
-        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator)
+        wrong = self.mismatched(y, generator)
+        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator,
+                            shard=self.shard)
         cond = torch.cat([y, wrong])
         synth = self.generator.synthesize_from_masked(torch.cat([masked, masked]), cond,
                                                       use_ema=bool(self.args["use_ema"]))
@@ -154,7 +175,7 @@ class MoodcatCbTrainer(StepTrainer):
         a label != the pseudo-label (``outlier_label: wrong``, paper) or the pseudo-label itself,
         the classifier's prediction, as the test conditions OOD inputs (``predicted``, variant)."""
         x_u, pseudo = self.images_and_labels(batch)
-        condition = pseudo if self.args["outlier_label"] == "predicted" else mismatched_labels(pseudo, self.num_classes)
+        condition = pseudo if self.args["outlier_label"] == "predicted" else self.mismatched(pseudo)
         return x_u, self.synthesize(x_u, condition), condition
 
     @torch.no_grad()
@@ -188,7 +209,7 @@ class MoodcatCbTrainer(StepTrainer):
             for x_neg, synth_neg, cond_neg in extra:
                 images, synth, cond = torch.cat([images, x_neg]), torch.cat([synth, synth_neg]), torch.cat([cond, cond_neg])
                 is_negative = torch.cat([is_negative, torch.ones_like(cond_neg, dtype=torch.bool)])
-            logits = self.net(images, synth, cond).float()
+            logits = self.precision.full(self.model(images, synth, cond))
         loss = hinge_loss(logits[~is_negative], logits[is_negative])
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)

@@ -58,6 +58,7 @@ from moodcat_plugin.moodcat.images import class_name, from_signed_unit, save_lab
 from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, apply_mask, box_mask
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.data.loaders import AUGMENT_LIST
+from moodcat_plugin.distributed import convert_batchnorm, data_parallel, global_mean, local_rows, shard
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.schema import FLAG, integer, number, optional
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
@@ -112,10 +113,11 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 
 
 def ssim_signed(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Batch-mean SSIM of two image batches in [-1,1] (piq, Gaussian 11/1.5, via [0,1])."""
+    """Batch-mean SSIM of two image batches in [-1,1] (piq, Gaussian 11/1.5, via [0,1]); across
+    processes the mean over the global batch (the loss takes its log, so it is no per-sample mean)."""
     to_unit = lambda images: ((images + 1.0) * 0.5).clamp(0.0, 1.0)  # noqa: E731
-    return piq.ssim(to_unit(fake), to_unit(real), kernel_size=SSIM_KERNEL_SIZE,
-                    kernel_sigma=SSIM_KERNEL_SIGMA, data_range=1.0, reduction="mean")
+    return global_mean(piq.ssim(to_unit(fake), to_unit(real), kernel_size=SSIM_KERNEL_SIZE,
+                                kernel_sigma=SSIM_KERNEL_SIGMA, data_range=1.0, reduction="none"))
 
 
 def reconstruction_losses(fake: torch.Tensor, real: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -132,16 +134,33 @@ def bce(logits: torch.Tensor, target) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def random_cutmix_masks(batch: int, size: int, device: torch.device) -> torch.Tensor:
+def random_cutmix_masks(batch: int, size: int, device: torch.device, shard: Tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Float ``[B,1,size,size]`` masks, 1 = take the REAL image: a random box (area U(0,1))
-    that is the real or the fake region with probability 1/2 each (U-Net GAN CutMix)."""
-    area = torch.rand(batch, device=device)
+    that is the real or the fake region with probability 1/2 each (U-Net GAN CutMix).
+    ``shard``: drawn for the global batch, this rank's rows kept (:mod:`moodcat_plugin.distributed`)."""
+    def uniform() -> torch.Tensor:
+        return local_rows(torch.rand(batch * shard[1], device=device), shard)
+
+    area = uniform()
     side = (area.sqrt() * size).round().long().clamp(1, size)
-    top = (torch.rand(batch, device=device) * (size - side + 1)).long()
-    left = (torch.rand(batch, device=device) * (size - side + 1)).long()
+    top = (uniform() * (size - side + 1)).long()
+    left = (uniform() * (size - side + 1)).long()
     inside = box_mask(size, size, top, left, side, side).float()
-    flip = (torch.rand(batch, device=device) < 0.5).float()[:, None, None]
+    flip = (uniform() < 0.5).float()[:, None, None]
     return (flip * inside + (1 - flip) * (1 - inside))[:, None]
+
+
+class GeneratorForward(torch.nn.Module):
+    """The trained generator path as one module (so DistributedDataParallel can wrap it):
+    masked ``[B,3,32,32]``, y ``[B]``, noise (or None) -> (x' ``[B,3,32,32]``, mu, logvar)."""
+
+    def __init__(self, gan: MoodcatGAN):
+        super().__init__()
+        self.encoder, self.decoder = gan.encoder, gan.decoder
+
+    def forward(self, masked: torch.Tensor, y: torch.Tensor, noise: Optional[torch.Tensor] = None):
+        z, mu, logvar = self.encoder(masked, noise=noise)
+        return self.decoder(z, y), mu, logvar
 
 
 @register_trainer("moodcat_gan")
@@ -149,10 +168,18 @@ class MoodcatGANTrainer(StepTrainer):
     """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
 
     config_schema = MoodcatGANConfig
+    supports_distributed = True
 
     def __init__(self, net: MoodcatGAN, train_loader, config, classifier: Optional[torch.nn.Module] = None):
         super().__init__(net, train_loader, config)
         self.args = {**DEFAULTS, **config.trainer}
+        # across processes: BatchNorm over the global batch, gradients averaged by DDP; the G step
+        # calls the bare discriminator (frozen there, so DDP expects no gradients from it)
+        self.shard = shard()
+        convert_batchnorm(net.encoder, self.device)
+        convert_batchnorm(net.decoder, self.device)
+        self.generator = data_parallel(GeneratorForward(net), self.device)
+        self.discriminator = data_parallel(net.discriminator, self.device)
         self.classifier = self._frozen_classifier(classifier)
         self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
         fused = bool(self.args["fused_optimizer"])
@@ -208,11 +235,14 @@ class MoodcatGANTrainer(StepTrainer):
         return 0.5 if warmup <= 0 else 0.5 * min(1.0, epoch_idx / warmup)
 
     # -- losses --------------------------------------------------------------------------------
-    def discriminate(self, images: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The discriminator's (bottleneck ``[B]``, pixel ``[B,1,32,32]``) logits, under ``amp``, in fp32."""
+    def discriminate(self, images: torch.Tensor, y: torch.Tensor,
+                     frozen: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's (bottleneck ``[B]``, pixel ``[B,1,32,32]``) logits, under ``amp``, in
+        fp32. ``frozen`` (the generator step): the bare module, not its DDP wrapper."""
+        module = self.net.discriminator if frozen else self.discriminator
         with self.precision.autocast():
-            bottleneck, pixels = self.net.discriminate(images, y)
-        return bottleneck.float(), pixels.float()
+            bottleneck, pixels = module(images, self.net.discriminator_labels(y))
+        return self.precision.full(bottleneck), self.precision.full(pixels)
 
     def discriminate_each(self, images: List[torch.Tensor], y: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Discriminator logits of each image batch in ``images`` (all conditioned on ``y``): one
@@ -226,7 +256,7 @@ class MoodcatGANTrainer(StepTrainer):
         """U-Net discriminator BCE on both heads (+ CutMix term); ``fake`` must be detached."""
         images = [x, fake]
         if use_cutmix:
-            mask = random_cutmix_masks(x.shape[0], x.shape[-1], x.device)
+            mask = random_cutmix_masks(x.shape[0], x.shape[-1], x.device, self.shard)
             images.append(mask * x + (1 - mask) * fake)
         (real_b, real_p), (fake_b, fake_p), *mix = self.discriminate_each(images, y)
         real = bce(real_b, 1) + bce(real_p, 1)
@@ -244,7 +274,7 @@ class MoodcatGANTrainer(StepTrainer):
     def generator_loss(self, x, fake, y, mu, logvar) -> Dict[str, torch.Tensor]:
         """Adversarial (both heads) + KL + SSIM/MSE/L1 reconstruction of the unmasked ``x``."""
         a = self.args
-        fake_b, fake_p = self.discriminate(fake, y)
+        fake_b, fake_p = self.discriminate(fake, y, frozen=True)
         adv = 0.5 * bce(fake_b, 1) + 0.5 * bce(fake_p, 1)
         kl = kl_to_standard_normal(mu, logvar)
         rec = reconstruction_losses(fake, x)
@@ -270,11 +300,10 @@ class MoodcatGANTrainer(StepTrainer):
         gan.encoder.train()
         gan.decoder.train()
         gan.discriminator.train()
-        masked = apply_mask(x, "random_rectangle", area=TRAIN_AREA)
+        masked = apply_mask(x, "random_rectangle", area=TRAIN_AREA, shard=self.shard)
         with self.precision.autocast():
-            z, mu, logvar = gan.encoder(masked)
-            fake = gan.decoder(z, y)
-        fake, mu, logvar = fake.float(), mu.float(), logvar.float()
+            fake, mu, logvar = self.generator(masked, y, self.latent_noise(len(x)))
+        fake, mu, logvar = (self.precision.full(t) for t in (fake, mu, logvar))
 
         use_cutmix = bool(torch.rand(()) < self.cutmix_probability(epoch_idx))
         d_losses = self.discriminator_loss(x, fake.detach(), y, use_cutmix)
@@ -296,6 +325,15 @@ class MoodcatGANTrainer(StepTrainer):
         losses = {**d_losses, **g_losses}
         values = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))  # one device sync
         return {"step": self.step, "epoch": epoch_idx, "cutmix_used": int(use_cutmix), **values}
+
+    def latent_noise(self, batch: int) -> Optional[torch.Tensor]:
+        """The encoder's reparameterisation noise ``[B, latent]`` for this rank's rows of the global
+        batch across processes; None in one process (the encoder draws it, as it always did)."""
+        if self.shard[1] == 1:
+            return None
+        dtype = self.net.encoder.mu_head.weight.dtype
+        return local_rows(torch.randn(batch * self.shard[1], self.net.encoder.latent_dim, device=self.device,
+                                      dtype=dtype), self.shard)
 
     def update_ema(self) -> None:
         decay = self.args["ema_decay"]

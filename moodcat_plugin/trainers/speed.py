@@ -62,6 +62,11 @@ class MixedPrecision:
     def autocast(self):
         return nullcontext() if self.dtype is None else torch.autocast(self.device.type, dtype=self.dtype)
 
+    def full(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A network output back in fp32 for the losses (autocast outputs are bf16/fp16); without
+        autocast the tensor itself, whatever its dtype."""
+        return tensor if self.dtype is None else tensor.float()
+
     def backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
