@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   python scripts/run_benchmark.py --benchmark cifar10 --postprocessor moodcat msp odin ebo
   python scripts/run_benchmark.py --benchmark cifar10 --data-root ~/OpenOOD/data   # OpenOOD layout
   python scripts/run_benchmark.py --benchmark cifar10 --profile gpu --device cuda
+  python scripts/run_benchmark.py -b cifar10 -p moodcat msp ebo --pretrained weights/moodcat_cifar10.pt
   python scripts/run_benchmark.py --postprocessor odin --set postprocessors.odin.postprocessor.APS_mode=false
   python scripts/run_benchmark.py --benchmark cifar10 --postprocessor msp \\
       --set network.width=1.0 --set network.checkpoint=/path/to/openood/best.ckpt
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--fpr-convention", choices=["ood_positive", "id_positive"],
                         help="FPR@95 convention for the tables (default: ood_positive, as OpenOOD)")
+    parser.add_argument("--pretrained", metavar="FILE",
+                        help="MOODCAT: score with this shipped weights file (e.g. weights/moodcat_cifar10.pt, sha256 "
+                             "checked) instead of training the generator and Cb")
     parser.add_argument("--config-root", type=Path, help="folder holding base.yml and the config folders")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--list", action="store_true", help="list benchmarks and registered methods, then exit")
@@ -65,14 +69,15 @@ def list_registered(config_root: Path) -> str:
 
 def run(args: argparse.Namespace) -> str:
     from moodcat_plugin import distributed
-    from moodcat_plugin.pipeline import Runner, build_config, default_config_root, expand_methods
+    from moodcat_plugin.pipeline import Runner, build_config, default_config_root, expand_methods, pretrained_flags
 
     config_root = args.config_root or default_config_root()
     if args.list:
         return list_registered(config_root)
     methods = expand_methods(args.postprocessor, config_root)
     flags = {"data_root": args.data_root, "output_dir": args.output_dir, "device": args.device, "seed": args.seed,
-             "fpr_convention": args.fpr_convention, "progress": False if args.no_progress else None}
+             "fpr_convention": args.fpr_convention, "progress": False if args.no_progress else None,
+             "postprocessors": pretrained_flags(methods, args.pretrained, config_root) if args.pretrained else None}
     config = build_config(args.benchmark, methods, args.profile, args.config, args.overrides, flags, config_root)
     started = time.time()
     runner = Runner(config)

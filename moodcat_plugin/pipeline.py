@@ -71,6 +71,16 @@ def expand_methods(names: Sequence[str], config_root: Path) -> List[str]:
     return list(names)
 
 
+def pretrained_flags(methods: Sequence[str], path: str, config_root: Path) -> dict:
+    """``postprocessors.<m>.pretrained.file = path`` for every method whose file has a
+    ``pretrained`` section (the CLI's ``--pretrained``); ConfigError when none has."""
+    users = [m for m in methods if "pretrained" in load_method_file(Path(config_root), m)]
+    if not users:
+        raise ConfigError(f"--pretrained: none of the methods ({', '.join(methods)}) loads pretrained weights; "
+                          "it is for moodcat (and moodcat_ext)")
+    return {method: {"pretrained": {"file": str(path)}} for method in users}
+
+
 def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] = None,
                  config_files: Sequence[str] = (), overrides: Sequence[str] = (),
                  flags: Optional[dict] = None, config_root: Optional[Path] = None) -> Config:

@@ -29,6 +29,13 @@ are checked by the schemas of the MoodcatGAN network (``gan_network``), the trai
 ``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb network (``cb_network``) and
 :class:`IqaConfig` (``iqa``).
 
+Trained weights instead of training (section ``pretrained``, or the CLI's ``--pretrained FILE``):
+``pretrained.file`` names a weights file (:mod:`moodcat_plugin.moodcat.weights`: fp16 encoder +
+decoder [+ Cb], sha256 checked against the ``MANIFEST.json`` beside it when the method is
+built, before anything trains). The file's networks are used as they were trained (its
+``gan_network``/``cb_network``, whatever the profile says); a Cb variant the file lacks (Cb(ext),
+or Cb itself) is trained on the loaded generator, cached under the file's sha256.
+
 Per-scorer confs (``-distance``) are recorded in ``last_components`` (leaderboard rows
 ``moodcat:cb``, ``moodcat:lpips``, ... = the paper's Table 4 single-scorer results).
 
@@ -59,14 +66,16 @@ from moodcat_plugin.errors import ConfigError, DataError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.images import class_name, save_labelled_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES
+from moodcat_plugin.moodcat import weights as shipped_weights
 from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, IQA_SCORERS, LOGIT_SCORERS, LPIPS_TRUNKS, CbScorer,
                                             build_iqa_scorer, check_cached_weights, logit_distance)
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
-from moodcat_plugin.schema import FLAG, Expect, Registered, Schema, check, choice, integer, list_of
+from moodcat_plugin.schema import FLAG, TEXT, Expect, Registered, Schema, check, choice, integer, list_of, optional
 from moodcat_plugin.trainers.moodcat_gan_trainer import GAN_SPEED_DEFAULTS
 from moodcat_plugin.trainers.speed import SPEED_DEFAULTS, cache_key_section
 from moodcat_plugin.training import FINAL, fit, run_folder
+from moodcat_plugin.utils import load_state_dict_strict
 
 log = logging.getLogger(__name__)
 GRID_IMAGES = 16
@@ -112,6 +121,12 @@ class MoodcatArgs(Schema):
     use_ema: FLAG = False
 
 
+class PretrainedConfig(Schema):
+    """The ``pretrained:`` section: a shipped weights file to score with instead of training."""
+
+    file: optional(TEXT) = None   # e.g. weights/moodcat_cifar10.pt (relative: to the working folder or the checkout)
+
+
 class IqaConfig(Schema):
     """The ``iqa:`` section: LPIPS/DISTS trunks (``pretrained: false`` = random trunks, tests only)."""
 
@@ -131,6 +146,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         "cb_network": Registered(NETWORKS, default_name="moodcat_cb"),
         "cb": Registered(TRAINERS),
         "iqa": IqaConfig,
+        "pretrained": PretrainedConfig,
     }
 
     def __init__(self, config, drop_scorers_hint: str = DROP_HINT):
@@ -160,6 +176,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.training_info: Dict[str, dict] = {}
         self.run_meta: dict = {}
         self.generator = torch.Generator().manual_seed(int(config.get("seed", 0)) + SCORING_SEED_OFFSET)
+        self.pretrained = self._checked_pretrained()  # a bad file fails here, before any training
 
     @property
     def iqa_scorers(self):
@@ -204,10 +221,65 @@ class MoodcatPostprocessor(BasePostprocessor):
         consistency): the paper's generator and Cb never see the classifier."""
         if self.gan is not None:
             return
-        self.gan, gan_key = self._train_gan(net, id_loader_dict)
-        cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key)
+        if self.pretrained is not None:
+            self.gan, gan_key = self._pretrained_gan()
+        else:
+            self.gan, gan_key = self._train_gan(net, id_loader_dict)
+        cbs = {variant: self._pretrained_cb() if variant == "cb" and self._file_has("cb") else
+               self._train_cb(variant, net, id_loader_dict, gan_key)
                for variant in self.scorer_names if variant in CB_SCORERS}
         self.scorer_modules = self._build_scorers(cbs)
+
+    # -- shipped weights -----------------------------------------------------------------------
+    def _checked_pretrained(self) -> Optional[dict]:
+        """The verified contents of ``pretrained.file`` (None without one); one-line errors for a
+        missing, damaged or unlisted file, another benchmark's weights, or EMA scoring."""
+        name = (self.config.get("pretrained") or {}).get("file")
+        if not name:
+            return None
+        path = shipped_weights.locate(name)
+        content = shipped_weights.load_weights(path)
+        benchmark, classes = self.config.dataset.name, self._num_classes()
+        if content["benchmark"] != benchmark or int(content["num_classes"]) != classes:
+            raise ConfigError(f"pretrained weights {path} were trained on {content['benchmark']} "
+                              f"({content['num_classes']} classes), this run is {benchmark} ({classes} classes): use "
+                              f"the file for {benchmark} (see {path.parent / shipped_weights.MANIFEST}) or drop --pretrained")
+        if self.use_ema:
+            raise ConfigError(f"pretrained weights {path} hold no EMA decoder: set postprocessor_args.use_ema=false")
+        return {**content, "path": path, "sha256": shipped_weights.sha256_of(path)}
+
+    def _file_has(self, part: str) -> bool:
+        return self.pretrained is not None and part in self.pretrained["modules"]
+
+    def _pretrained_info(self, *keys: str) -> dict:
+        provenance = self.pretrained["provenance"]
+        return {"pretrained": str(self.pretrained["path"]), "sha256": self.pretrained["sha256"], "cached": True,
+                **{k: provenance[k] for k in keys if provenance.get(k) is not None}}
+
+    def _pretrained_gan(self):
+        """(generator with the file's encoder and decoder, cache identity for Cbs trained on it)."""
+        section = self.pretrained["gan_network"]
+        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
+        gan = NETWORKS.get(section.get("name", "moodcat_gan"))(num_classes=self._num_classes(), **kwargs)
+        for part in ("encoder", "decoder"):
+            load_state_dict_strict(getattr(gan, part), shipped_weights.full(self.pretrained["modules"][part]),
+                                   f"the {part} in {self.pretrained['path']}")
+        gan.decoder_ema.load_state_dict(gan.decoder.state_dict())
+        self.training_info["moodcat_gan"] = self._pretrained_info("images_seen", "gan_steps")
+        gan_key = {"benchmark": self.config.dataset.name, "pretrained_sha256": self.pretrained["sha256"]}
+        return gan.to(self.device).eval().requires_grad_(False), gan_key
+
+    def _pretrained_cb(self) -> torch.nn.Module:
+        section = self.pretrained["cb_network"]
+        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
+        cb = NETWORKS.get(section.get("name", "moodcat_cb"))(num_classes=self._num_classes(), **kwargs)
+        load_state_dict_strict(cb, shipped_weights.full(self.pretrained["modules"]["cb"]),
+                               f"the Cb in {self.pretrained['path']}")
+        info = self._pretrained_info("cb_steps")
+        if self.pretrained["provenance"].get("cb_val_acc") is not None:
+            info["val_acc"] = self.pretrained["provenance"]["cb_val_acc"]
+        self.training_info["moodcat_cb"] = info
+        return cb.to(self.device).eval().requires_grad_(False)
 
     def summary(self) -> str:
         """One short line: scorers, Cb validation accuracy, calibration size, grid folder."""
