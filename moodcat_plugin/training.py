@@ -99,13 +99,15 @@ def _check_finite(metrics: Dict[str, Any], run_dir: Path, epoch: int) -> None:
 
 
 def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None,
-        description: str | None = None) -> Dict:
+        description: str | None = None, stop_after_seconds: float | None = None) -> Dict:
     """Train ``trainer`` for ``trainer.num_epochs`` epochs in ``run_dir``, resuming if possible.
 
     Returns ``{'history': [...], 'resumed_from': epoch or 0, 'cached': bool}``. When
     ``final.ckpt`` exists the weights are loaded and nothing is trained. A non-finite metric
     stops training with :class:`TrainingDivergedError` before that epoch is saved.
-    ``stop_after_epochs`` ends the call early (as an interruption would), for tests.
+    ``stop_after_epochs`` ends the call early (as an interruption would), for tests;
+    ``stop_after_seconds`` at the first epoch end past that many seconds (time-boxed runs, which
+    resume with the next call). An early end returns ``'interrupted': True``.
     ``description`` names the run on the progress bar (default: the folder name).
     """
     run_dir = Path(run_dir)
@@ -133,6 +135,7 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
 
     epochs = tqdm(range(start_epoch, trainer.num_epochs), desc=f"training {description or run_dir.name}",
                   disable=not (progress and main), initial=start_epoch, total=trainer.num_epochs, unit="epoch")
+    call_started = time.perf_counter()
     for epoch in epochs:
         started = time.perf_counter()
         _, metrics = trainer.train_epoch(epoch + 1)
@@ -146,7 +149,9 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
             atomic_torch_save({"epoch": epoch + 1, "trainer": trainer.state_dict(), "rng": rng_state(device),
                                "history": history}, run_dir / LAST)
             atomic_write_json(history, run_dir / "history.json")
-        if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < trainer.num_epochs:
+        out_of_epochs = stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs
+        out_of_time = stop_after_seconds is not None and time.perf_counter() - call_started >= stop_after_seconds
+        if (out_of_epochs or out_of_time) and epoch + 1 < trainer.num_epochs:
             distributed.barrier()
             return {"history": history, "resumed_from": start_epoch, "cached": False, "interrupted": True}
 

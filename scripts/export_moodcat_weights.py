@@ -29,7 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("Examples::")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gan", required=True, help="generator run folder (or a weights file to add a Cb to)")
-    parser.add_argument("--cb", help="Cb run folder trained on that generator, or 'auto' to find it beside --gan")
+    parser.add_argument("--cb", help="Cb run folder trained on that generator, or 'auto' to find it (beside a --gan "
+                                     "run folder, else in --checkpoints)")
+    parser.add_argument("--checkpoints", help="where --cb auto looks for a weights-file --gan (default results/checkpoints)")
     parser.add_argument("--out", required=True, help="weights file to write, e.g. weights/moodcat_cifar10.pt")
     parser.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
                         help="extra provenance for the manifest, e.g. trained_with_commit=abc1234 (repeatable)")
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
         print(f"error: --note takes KEY=VALUE, got {args.note}", file=sys.stderr)
         return 2
     try:
-        cb = find_cb_run(args.gan) if args.cb == "auto" else args.cb
+        cb = find_cb_run(args.gan, args.checkpoints) if args.cb == "auto" else args.cb
         entry = export_weights(args.gan, args.out, cb=cb, notes=notes)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

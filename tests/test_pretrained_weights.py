@@ -128,3 +128,22 @@ def test_torchrun_leaderboard_equals_one_process_leaderboard(tiny_weights, tmp_p
     assert main([*common, "--output-dir", str(tmp_path / "one")]) == 0
     board = lambda folder: json.loads((folder / "demo" / "leaderboard.json").read_text())  # noqa: E731
     assert board(tmp_path / "two") == board(tmp_path / "one")
+
+
+def test_generator_only_file_trains_cb_on_it_and_exports_with_that_cb(tiny_weights, tmp_path):
+    """The GPU check's flow: a generator snapshot without Cb; scoring trains Cb on the loaded
+    generator (cached under the file's sha256), and the export joins the two into one file."""
+    path, _ = tiny_weights
+    gan_run = next((path.parents[1] / "train" / "checkpoints").glob("demo-moodcat_gan-*"))
+    snapshot = tmp_path / "snapshots" / "gan_only.pt"
+    export_weights(gan_run, snapshot)
+    assert set(torch.load(snapshot, weights_only=True)["modules"]) == {"encoder", "decoder"}
+    config = build_config("demo", ["moodcat"], "tiny", overrides=[CB_ONLY, f"network.checkpoint={_classifier(path)}"],
+                          flags={"output_dir": str(tmp_path / "out"), "device": "cpu", "progress": False})
+    config = merge(config, {"postprocessors": pretrained_flags(["moodcat"], str(snapshot), ROOT / "configs")})
+    Runner(Config(config)).train_method("moodcat")
+    trained = [folder.name.rsplit("-", 1)[0] for folder in (tmp_path / "out" / "checkpoints").iterdir()]
+    assert trained == ["demo-moodcat_cb"]  # the Cb only: the generator came from the file
+    cb_run = find_cb_run(snapshot, tmp_path / "out" / "checkpoints")
+    entry = export_weights(snapshot, tmp_path / "shipped" / "moodcat_demo.pt", cb=cb_run)
+    assert entry["parts"] == ["cb", "decoder", "encoder"] and entry["images_seen"] > 0 and "cb_val_acc" in entry

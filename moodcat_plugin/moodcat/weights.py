@@ -175,12 +175,13 @@ def _cb_source(folder: Path, gan_identity: dict) -> dict:
                            "cb_val_acc": (history or [{}])[-1].get("val_acc"), "cb_config": config["cb"]}}
 
 
-def find_cb_run(gan: Path | str) -> Path:
+def find_cb_run(gan: Path | str, checkpoints: Optional[Path | str] = None) -> Path:
     """The Cb run folder (variant cb) trained on the generator ``gan`` (a run folder or weights
-    file), searched beside it (a run folder's siblings) or in ``checkpoints/`` of the working folder."""
+    file), searched in ``checkpoints`` (default: beside a run folder; for a weights file
+    ``results/checkpoints`` of the working folder, the CLI's default)."""
     gan = Path(gan)
     identity = _gan_identity(gan)
-    root = gan.parent if gan.is_dir() else Path("checkpoints")
+    root = Path(checkpoints) if checkpoints else gan.parent if gan.is_dir() else Path("results") / "checkpoints"
     matches = [folder for folder in sorted(root.glob("*-moodcat_cb-*"))
                if (folder / "config.json").is_file() and _run_config(folder).get("gan") == identity
                and _run_config(folder).get("variant") == "cb"]

@@ -59,6 +59,7 @@ import torch
 from pydantic import AfterValidator
 from tqdm import tqdm
 
+from moodcat_plugin import distributed
 from moodcat_plugin.config import Config
 from moodcat_plugin.data import ImageArray, make_loader
 from moodcat_plugin.data.arrays import stratified_holdout
@@ -304,7 +305,7 @@ class MoodcatPostprocessor(BasePostprocessor):
                                             int(self.config.get("seed", 0)))
         return make_loader(kept if part == "gan" else held_out, self.benchmark.mean, self.benchmark.std,
                            int(section.batch_size), train=True, augment=section.augment, seed=seed,
-                           device=self.device)
+                           device=self.device, shard=distributed.shard())
 
     def _fit(self, trainer, name: str, key: dict, description: str) -> dict:
         folder = run_folder(self.config, f"{self.config.dataset.name}-{name}", key)
@@ -351,6 +352,13 @@ class MoodcatPostprocessor(BasePostprocessor):
         return {"classifier_network": self.config.get("network"), "classifier_trainer": self.config.get("trainer")}
 
     def _train_gan(self, net, id_loader_dict):
+        gan, trainer, key = self.gan_trainer(net, id_loader_dict)
+        self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
+        return gan.eval().requires_grad_(False), key
+
+    def gan_trainer(self, net, id_loader_dict):
+        """(generator, its trainer, its cache key) as ``train`` builds them; the run folder is
+        ``run_folder(config, f"{benchmark}-moodcat_gan", key)`` (e.g. for a time-boxed run)."""
         cfg = self.config
         kwargs = {k: v for k, v in cfg.gan_network.items() if k not in ("name", "checkpoint")}
         torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights independent of what ran before
@@ -363,8 +371,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         key = {**self._gan_key(), **(self._classifier_key() if uses_classifier else {})}
         if self.benchmark is None:  # OpenOOD bridge: the data are not named by a benchmark config
             key["train_data"] = training_data_fingerprint(id_loader_dict["train"])
-        self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
-        return gan.eval().requires_grad_(False), key
+        return gan, trainer, key
 
     def _train_cb(self, variant: str, net, id_loader_dict, gan_key: dict) -> torch.nn.Module:
         cfg = self.config
@@ -386,7 +393,7 @@ class MoodcatPostprocessor(BasePostprocessor):
                 unlabeled = make_loader(outliers, self.mean, self.std,
                                         int(cfg.cb.get("outlier_batch_size", cfg.cb.batch_size)), train=True,
                                         augment=cfg.cb.augment, seed=int(cfg.get("seed", 0)) + 2,
-                                        device=self.device)
+                                        device=self.device, shard=distributed.shard())
         trainer = TRAINERS.get(cfg.cb.name)(cb, loader, self._section_config("cb"), generator=self.gan,
                                             unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"),
                                             classifier=net if cfg.cb.get("synthetic_negatives") else None)

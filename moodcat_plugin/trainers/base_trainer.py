@@ -22,7 +22,9 @@ from tqdm import tqdm
 import torch.nn.functional as F
 from pydantic import ValidationInfo, field_validator
 
+from moodcat_plugin import distributed
 from moodcat_plugin.distributed import convert_batchnorm, data_parallel
+from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.schema import FLAG, TrainerConfig, integer, list_of, number, optional
 
@@ -67,6 +69,7 @@ class BaseTrainer:
         self.config = config
         self.device = torch.device(config.device)
         self.num_epochs = int(config.trainer.num_epochs)
+        check_sharded(train_loader)
 
     def modules_to_save(self) -> dict:
         """Named modules whose weights form the trained result (default: the network)."""
@@ -102,6 +105,15 @@ class BaseTrainer:
 
     def train_epoch(self, epoch_idx: int):
         raise NotImplementedError
+
+
+def check_sharded(loader) -> None:
+    """Across N processes a training stream must be this process's shard (ShuffledBatches made
+    with ``shard=distributed.shard()``); anything else would train every process on the same data."""
+    world = distributed.world_size()
+    if world > 1 and getattr(loader, "world", 1) != world:
+        raise ConfigError(f"training across {world} processes needs each process's shard of every training stream "
+                          f"(make_loader(..., shard=distributed.shard())), got {type(loader).__name__}")
 
 
 def endless(loader):

@@ -50,7 +50,8 @@ from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.moodcat.synthetic_outliers import SYNTHETIC_OUTLIERS
 from moodcat_plugin.schema import FLAG, choice, integer, list_of, number
-from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, endless
+from moodcat_plugin.trainers.base_trainer import (ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, check_sharded,
+                                                  endless)
 from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, MixedPrecision, adam
 
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
@@ -111,6 +112,8 @@ class MoodcatCbTrainer(StepTrainer):
         self.val_loader = val_loader
         self.optimizer = adam(net.parameters(), self.args["lr"], self.args["betas"], bool(self.args["fused_optimizer"]))
         self.precision = MixedPrecision(self.args["amp"], self.device)
+        if unlabeled_loader is not None:
+            check_sharded(unlabeled_loader)
         self._unlabeled_batches = endless(unlabeled_loader) if unlabeled_loader else None
         self.model = data_parallel(net, self.device)  # net itself in one process
 
