@@ -13,7 +13,10 @@
     discriminator forward, fused Adam, bf16 autocast); ``fast-fp32`` is the same without autocast
     (CPUs without bf16 units emulate it slowly). The paper's schedule (520k steps x 384 images)
     is converted into GPU-hours (CUDA) or CPU-days (CPU) at each GAN rate.
-(b) (``--compare-resnet``) scoring cost of MOODCAT basic at paper size against one forward pass
+(b) (``--curves N``) loss curves of N GAN steps with each variant from the same seed, data
+    (the embedded demo digits, always available), masks and CutMix draws, in windows of N/4 steps:
+    the speed options must not change what is learnt beyond rounding.
+(c) (``--compare-resnet``) scoring cost of MOODCAT basic at paper size against one forward pass
     of resnet18_32x32 on the same batch: wall and CPU time ratios and MACs
     (``torch.utils.flop_counter``).
 
@@ -144,6 +147,39 @@ def scoring_rate(size: dict, batch: int, device: torch.device, repeats: int, war
     return {"wall": batch / t["wall"], "cpu": batch / t["cpu"]}
 
 
+def loss_curve(size: dict, batch: int, device: torch.device, options: dict, steps: int) -> torch.Tensor:
+    """(steps, 2) d_loss, g_loss of GAN training on the demo digits from seed 0."""
+    from moodcat_plugin.data.demo import build_demo_sets
+
+    torch.manual_seed(0)
+    digits = build_demo_sets(0)["digits_train"]
+    gan = MoodcatGAN(6, ch=size["gan"], latent_dim=size["latent"], disc_ch=size["disc"]).to(device)
+    section = {"name": "moodcat_gan", "num_epochs": 1, "batch_size": batch, "lr_g": 2e-4, "cutmix_warmup_epochs": 0,
+               "ema_decay": None, "sample_every": 0, "log_every": 0, **options}
+    stream = make_loader(digits, [0.5] * 3, [0.5] * 3, batch, train=True, augment=["flip"], seed=0, device=device)
+    trainer = MoodcatGANTrainer(gan, stream, trainer_config(section, device))
+    rows = [trainer.train_step(*trainer.next_batch(), epoch_idx=1) for _ in range(steps)]
+    return torch.tensor([[row["d_loss"], row["g_loss"]] for row in rows])
+
+
+def curves_table(size_name: str, batch: int, device: torch.device, variants, steps: int) -> str:
+    """Markdown: mean d/g loss per window of steps for each variant, and the largest per-step
+    relative difference from the default."""
+    curves = {variant: loss_curve(SIZES[size_name], batch, device, variant_options(variant, "gan"), steps)
+              for variant in ["default", *[v for v in variants if v != "default"]]}
+    window = max(1, steps // 4)
+    edges = list(range(0, steps, window))
+    header = ["options"] + [f"steps {a + 1}-{min(a + window, steps)}: d / g" for a in edges] + ["max per-step rel. diff d / g"]
+    lines = [f"Loss curves, {size_name} size, batch {batch}, {steps} steps on the demo digits (same seed, data and draws):\n",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, curve in curves.items():
+        means = [curve[a:a + window].mean(0) for a in edges]
+        diff = ((curve - curves["default"]).abs() / curves["default"].abs()).max(0).values
+        lines.append(f"| {variant} | " + " | ".join(f"{m[0]:.4f} / {m[1]:.3f}" for m in means)
+                     + f" | {diff[0]:.2%} / {diff[1]:.2%} |")
+    return "\n".join(lines)
+
+
 def schedule(rate: float, device: torch.device) -> str:
     """The paper's GAN schedule at ``rate`` images/s, in GPU-hours or CPU-days."""
     seconds = PAPER_STEPS * PAPER_BATCH / rate
@@ -202,6 +238,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--variants", nargs="+", choices=["default", "fast", "fast-fp32"],
                         help="speed options measured (default: default fast on CUDA, default fast-fp32 on CPU)")
+    parser.add_argument("--curves", type=int, default=0, metavar="N",
+                        help="also compare N-step GAN loss curves of the variants (cpu size)")
+    parser.add_argument("--only-curves", action="store_true", help="skip the throughput table")
     parser.add_argument("--compare-resnet", action="store_true", help="also time MOODCAT scoring against ResNet-18")
     return parser.parse_args(argv)
 
@@ -229,9 +268,10 @@ def main(argv=None) -> None:
     print("Images/s, wall clock (in brackets: images per CPU-second of this process). Paper schedule: "
           f"{PAPER_STEPS:,} GAN steps x {PAPER_BATCH} images at the GAN rate.\n")
     header = ["size", "options", "GAN train", "paper schedule", "Cb train", "scoring E+D+Cb"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+    if not args.only_curves:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     fmt = lambda rate: f"{rate['wall']:,.0f} ({rate['cpu']:,.0f})"  # noqa: E731
-    for name in args.sizes:
+    for name in [] if args.only_curves else args.sizes:
         size = SIZES[name]
         scoring = fmt(scoring_rate(size, batch, device, max(steps, 5), warmup))
         label = f"{name}: GAN ch {size['gan']} / D {size['disc']}, Cb {size['cb']}"
@@ -242,6 +282,8 @@ def main(argv=None) -> None:
                   flush=True)
             if cuda:
                 torch.cuda.empty_cache()
+    if args.curves:
+        print("\n" + curves_table("cpu", 32 if not cuda else batch, device, variants, args.curves))
     if args.compare_resnet:
         print("\n" + resnet_comparison(batch, device, max(steps, 5)))
     print(f"\nwall time of this benchmark: {time.perf_counter() - started:.0f} s")
