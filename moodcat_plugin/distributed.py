@@ -129,6 +129,17 @@ def average(metrics: Dict[str, float]) -> Dict[str, float]:
     return {**metrics, **dict(zip(keys, (values / world_size()).tolist()))}
 
 
+def any_process(flag: bool) -> bool:
+    """True when ``flag`` is true in any process (decisions taken by clocks must agree)."""
+    if world_size() == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def check_shared_folder(folder: Path) -> None:
     """Every process must see the files rank 0 writes into ``folder`` (checkpoints are read by all)."""
     if world_size() == 1:

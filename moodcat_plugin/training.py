@@ -150,7 +150,8 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
                                "history": history}, run_dir / LAST)
             atomic_write_json(history, run_dir / "history.json")
         out_of_epochs = stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs
-        out_of_time = stop_after_seconds is not None and time.perf_counter() - call_started >= stop_after_seconds
+        out_of_time = stop_after_seconds is not None and distributed.any_process(
+            time.perf_counter() - call_started >= stop_after_seconds)
         if (out_of_epochs or out_of_time) and epoch + 1 < trainer.num_epochs:
             distributed.barrier()
             return {"history": history, "resumed_from": start_epoch, "cached": False, "interrupted": True}
