@@ -223,9 +223,20 @@ def resnet_comparison(batch: int, device: torch.device, repeats: int) -> str:
     return "\n".join(lines)
 
 
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line(device: torch.device, threads: int) -> str:
     what = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch threads {threads}")
+            else f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads}")
     return f"{what}; {platform.platform()}, torch {torch.__version__}, python {platform.python_version()}"
 
 

@@ -8,8 +8,10 @@
 #      bash scripts/gpu_check_issue10.sh prepare
 #    -> .whl/    wheels the device lacks (piq, which the GAN's SSIM loss imports; lpips, for IQA
 #                scoring later; pydantic and its parts, for the config schemas), for CPython 3.12
-#    -> devdata/ cifar10_train20k.npz from ../shared/data (56 MB; only the training set travels:
-#                the 64 MiB carry limit leaves no room for the test sets)
+#    -> devdata/ cifar10_train20k.npz from ../shared/data (54 MB; only the training set travels:
+#                the 64 MiB limit on tree + carry leaves no room for the test sets). When shipped
+#                weights files (~9 MB each) make the tree too big, keep fewer images per class:
+#                TRAIN_IMAGES=15000 bash scripts/gpu_check_issue10.sh prepare (recorded in the snapshots)
 #    Both folders are git-ignored; they travel only when named in carry.
 # 2. On the device: run(command="bash scripts/gpu_check_issue10.sh", carry=[".whl", "devdata"], timeout_s=600)
 #    $OUT gets (8 files at most come back): bench.md, log.txt, gan_<images seen>.pt x 3, MANIFEST.json
@@ -38,7 +40,13 @@ if [ "${1:-}" = "prepare" ]; then
   # the versions this project is tested with (pip list of its venv); pure-Python wheels except pydantic_core
   pip_download piq==0.8.0 lpips==0.1.4 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 \
     typing-inspection==0.4.5 typing_extensions==4.16.0 || exit 1
-  cp -v ../shared/data/cifar10_train20k.npz devdata/ || exit 1
+  if [ -z "${TRAIN_IMAGES:-}" ]; then
+    cp -v ../shared/data/cifar10_train20k.npz devdata/ || exit 1
+  else  # the first TRAIN_IMAGES/10 images of each class
+    python3 -c "import numpy as np, sys; d = np.load('../shared/data/cifar10_train20k.npz'); n = int(sys.argv[1]) // 10
+keep = np.sort(np.concatenate([np.flatnonzero(d['labels'] == c)[:n] for c in range(10)]))
+np.savez('devdata/cifar10_train20k.npz', images=d['images'][keep], labels=d['labels'][keep])" "$TRAIN_IMAGES" || exit 1
+  fi
   du -sh .whl devdata
   exit 0
 fi
@@ -47,11 +55,10 @@ OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl > /dev/null 2>&1; then
+export PYTHONPATH="$PWD"
+if ! python3 -c "import piq, lpips, pydantic" 2> /dev/null; then  # the device: install the carried wheels
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PWD" || { echo "wheel install failed"; exit 1; }
-else
-  export PYTHONPATH="$PWD"
+    && export PYTHONPATH="/tmp/site:$PWD" || { echo "installing the wheels of .whl/ failed: run 'prepare' here first"; exit 1; }
 fi
 DEVICE=${DEVICE:-cuda}
 date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
@@ -108,7 +115,8 @@ for third in range(3):  # three time-boxed calls, a snapshot after each (each re
     elapsed, last, images = time.perf_counter() - started, result["history"][-1], trainer.step * cfg.gan.batch_size
     entry = export_weights(folder, out / f"gan_{images}.pt", notes={
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "data": "cifar10_train20k (20k CIFAR-10 training images)", "wall_seconds_since_start": round(elapsed)})
+        "data": f"cifar10_train20k ({len(data['labels'])} CIFAR-10 training images)",
+        "wall_seconds_since_start": round(elapsed)})
     print(f"{elapsed:6.0f} s: step {trainer.step}, {images} images, {len(result['history'])} epochs, g_loss "
           f"{last['g_loss']:.3f}, d_loss {last['d_loss']:.3f}, {last['seconds']:.1f} s per epoch; snapshot "
           f"gan_{images}.pt {entry['bytes'] / 1e6:.1f} MB, GAN seconds {entry['gan_seconds']}", flush=True)
