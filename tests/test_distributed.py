@@ -195,3 +195,23 @@ def test_torchrun_trains_across_processes_and_rank_0_scores(tmp_path):
     meta = (out / "demo" / "scores" / "moodcat" / "meta.json").read_text()
     assert '"training_processes": 2' in meta
     assert not list((out / "demo" / "scores").glob(".*"))  # no partial score folders left by other ranks
+
+
+def test_uneven_split_and_too_small_sets_are_one_line_errors():
+    from moodcat_plugin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch size 9 cannot be split evenly over 2 processes"):
+        make_loader(_digits(), MEAN, STD, 9, train=True, shard=(0, 2))
+    with pytest.raises(ConfigError, match="holds 16 images, fewer than one batch of 32 split over 2 processes"):
+        make_loader(_digits(), MEAN, STD, 32, train=True, shard=(1, 2))
+
+
+def test_trainers_that_cannot_train_across_processes_are_refused_before_training(make_config, monkeypatch):
+    from moodcat_plugin.errors import ConfigError
+    from moodcat_plugin.pipeline import Runner
+
+    runner = Runner(make_config(["msp", "moodcat", "oe"]))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets (no group is joined here)
+    runner.check_distributed(["msp", "moodcat"])  # classifier, GAN and Cb trainers can
+    with pytest.raises(ConfigError, match="method 'oe' trains with 'oe', which cannot train across processes"):
+        runner.check_distributed(["msp", "oe"])
