@@ -14,10 +14,12 @@ EXAMPLES = """examples:
   python scripts/run_benchmark.py --benchmark cifar10 --postprocessor moodcat msp odin ebo
   python scripts/run_benchmark.py --benchmark cifar10 --data-root ~/OpenOOD/data   # OpenOOD layout
   python scripts/run_benchmark.py --benchmark cifar10 --profile gpu --device cuda
+  python scripts/run_benchmark.py -b cifar10 -p moodcat msp ebo --pretrained weights/moodcat_cifar10.pt
   python scripts/run_benchmark.py --postprocessor odin --set postprocessors.odin.postprocessor.APS_mode=false
   python scripts/run_benchmark.py --benchmark cifar10 --postprocessor msp \\
       --set network.width=1.0 --set network.checkpoint=/path/to/openood/best.ckpt
   python scripts/run_benchmark.py --list                            # what is registered
+  torchrun --nproc_per_node=4 scripts/run_benchmark.py -b cifar10 -p moodcat msp --profile gpu   # 4 GPUs
 """
 
 
@@ -38,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--fpr-convention", choices=["ood_positive", "id_positive"],
                         help="FPR@95 convention for the tables (default: ood_positive, as OpenOOD)")
+    parser.add_argument("--pretrained", metavar="FILE",
+                        help="MOODCAT: score with this shipped weights file (e.g. weights/moodcat_cifar10.pt, sha256 "
+                             "checked) instead of training the generator and Cb")
     parser.add_argument("--config-root", type=Path, help="folder holding base.yml and the config folders")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--list", action="store_true", help="list benchmarks and registered methods, then exit")
@@ -59,20 +64,33 @@ def list_registered(config_root: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> str:
-    from moodcat_plugin.pipeline import Runner, build_config, default_config_root, expand_methods
+    from moodcat_plugin import distributed
+    from moodcat_plugin.pipeline import Runner, build_config, default_config_root, expand_methods, pretrained_flags
 
     config_root = args.config_root or default_config_root()
     if args.list:
         return list_registered(config_root)
     methods = expand_methods(args.postprocessor, config_root)
     flags = {"data_root": args.data_root, "output_dir": args.output_dir, "device": args.device, "seed": args.seed,
-             "fpr_convention": args.fpr_convention, "progress": False if args.no_progress else None}
+             "fpr_convention": args.fpr_convention, "progress": False if args.no_progress else None,
+             "postprocessors": pretrained_flags(methods, args.pretrained, config_root) if args.pretrained else None}
     config = build_config(args.benchmark, methods, args.profile, args.config, args.overrides, flags, config_root)
     started = time.time()
     runner = Runner(config)
     log = logging.getLogger(__name__)
-    log.info("benchmark %s, profile %s, device %s, %d CPU thread(s); methods: %s", config.dataset.name,
-             config.profile, config.device, runner.threads, ", ".join(methods))
+    processes = distributed.run_processes()
+    log.info("benchmark %s, profile %s, device %s, %d CPU thread(s)%s; methods: %s", config.dataset.name,
+             config.profile, config.device, runner.threads,
+             f", {processes} processes (torchrun)" if processes > 1 else "", ", ".join(methods))
+    if processes > 1:  # every process trains, then rank 0 alone scores (see moodcat_plugin/distributed.py)
+        runner.check_distributed(methods)
+        for number, method in enumerate(methods, start=1):
+            log.info("[%d/%d] %s: train across %d processes what is not cached yet", number, len(methods), method,
+                     processes)
+            runner.train_method(method)
+        distributed.finish()
+        if not distributed.is_main():
+            return ""
     for number, method in enumerate(methods, start=1):
         log.info("[%d/%d] %s: train what is not cached yet, then score every set", number, len(methods), method)
         runner.run_method(method)

@@ -11,6 +11,10 @@ own trainer; every other method shares the benchmark's classifier.
 
 The merged config is checked against the schemas (:mod:`moodcat_plugin.run_schema`: types, ranges
 and unknown keys everywhere, one-line errors) before any data is loaded or anything trained.
+
+Under ``torchrun`` (:mod:`moodcat_plugin.distributed`) the :class:`Runner` joins the process
+group; every process trains each method's models (:meth:`Runner.train_method`), then rank 0
+alone scores them.
 """
 from __future__ import annotations
 
@@ -22,10 +26,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from moodcat_plugin import distributed
 from moodcat_plugin.config import Config, ConfigError, load_yaml, merge, parse_override, select_profile
 from moodcat_plugin.data import Benchmark, load_benchmark, make_loader
 from moodcat_plugin.evaluation import Evaluator, write_leaderboard
 from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, closest_names
+from moodcat_plugin.schema import Registered
 from moodcat_plugin.run_schema import check_run_config
 from moodcat_plugin.training import checkpoint_root, fit, run_folder
 from moodcat_plugin.utils import (ensure_writable_folder, load_checkpoint, load_state_dict_strict, resolve_device,
@@ -63,6 +69,16 @@ def expand_methods(names: Sequence[str], config_root: Path) -> List[str]:
     for name in names:
         _named_file(config_root, "postprocessors", name)
     return list(names)
+
+
+def pretrained_flags(methods: Sequence[str], path: str, config_root: Path) -> dict:
+    """``postprocessors.<m>.pretrained.file = path`` for every method whose file has a
+    ``pretrained`` section (the CLI's ``--pretrained``); ConfigError when none has."""
+    users = [m for m in methods if "pretrained" in load_method_file(Path(config_root), m)]
+    if not users:
+        raise ConfigError(f"--pretrained: none of the methods ({', '.join(methods)}) loads pretrained weights; "
+                          "it is for moodcat (and moodcat_ext)")
+    return {method: {"pretrained": {"file": str(path)}} for method in users}
 
 
 def build_config(benchmark: str, methods: Sequence[str], profile: Optional[str] = None,
@@ -146,13 +162,16 @@ class Runner:
 
     def __init__(self, config: Config):
         self.config = config
-        self.config.device = str(resolve_device(config.device))
+        self.config.device = str(distributed.start(resolve_device(config.device)))  # joins torchrun's group
+        if not distributed.is_main():
+            self.config.progress = False  # one set of progress bars, rank 0's
         self.threads = set_num_threads(config.num_threads)
-        seed_everything(config.seed)
+        seed_everything(config.seed)  # every process alike: their random draws must agree
         self.results_dir = Path(config.output_dir) / config.dataset.name
         self.checkpoint_root = checkpoint_root(config)
         for folder in (self.results_dir, self.checkpoint_root):  # a one-line error now, not after training
             ensure_writable_folder(folder)
+        distributed.check_shared_folder(self.checkpoint_root)
         self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
         self.evaluator = Evaluator(config, self.benchmark, self.results_dir)
         self._networks: Dict[str, tuple] = {}
@@ -161,7 +180,7 @@ class Runner:
     def train_loader(self, cfg) -> torch.utils.data.DataLoader:
         return make_loader(self.benchmark.id["train"], self.benchmark.mean, self.benchmark.std,
                            cfg.trainer.batch_size, train=True, augment=cfg.dataset.get("train_augment", []),
-                           seed=cfg.seed, device=cfg.device)
+                           seed=cfg.seed, device=cfg.device, shard=distributed.shard())
 
     def outlier_loader(self, cfg, method: str) -> torch.utils.data.DataLoader:
         if self.benchmark.outlier is None:
@@ -200,6 +219,30 @@ class Runner:
         return net, info
 
     # -- methods ---------------------------------------------------------------------------------
+    def check_distributed(self, methods: Sequence[str]) -> None:
+        """Under torchrun, refuse (before any training) a method whose trainers cannot train across
+        processes: the classifier's trainer and every trainer section of its postprocessor."""
+        if distributed.run_processes() == 1:
+            return
+        for method in methods:
+            cfg = method_config(self.config, method)
+            sections = ["trainer"] + [key for key, spec in getattr(
+                POSTPROCESSORS.get(cfg.postprocessor.name), "config_sections", {}).items()
+                if isinstance(spec, Registered) and spec.registry is TRAINERS]
+            for section in sections:
+                name = cfg[section].name
+                pretrained = section == "trainer" and cfg.network.get("checkpoint") and name == "base"
+                if not pretrained and not TRAINERS.get(name).supports_distributed:
+                    raise ConfigError(f"method '{method}' trains with '{name}', which cannot train across "
+                                      f"processes yet: run it without torchrun (the classifier, moodcat_gan and "
+                                      f"moodcat_cb trainers can)")
+
+    def train_method(self, method: str) -> None:
+        """Train (or find cached) everything ``method`` needs without scoring it; under torchrun
+        every process calls this for every method before rank 0 runs :meth:`run_method`."""
+        postprocessor, net, _ = self.prepare_method(method)
+        postprocessor.train(net, self.evaluator.id_loader_dict)
+
     def run_method(self, method: str, row: Optional[str] = None) -> Path:
         """Train what ``method`` needs, score every set and save the scores under ``row``
         (default: the method's name; the ablation script runs variants of one method as rows)."""
@@ -213,7 +256,8 @@ class Runner:
         net, info = self.network_for(cfg, method)
         outlier = info["outlier_data"] or bool(getattr(postprocessor, "uses_outlier_data", False))
         meta = {**info, "outlier_data": outlier, "postprocessor": cfg.postprocessor.name,
-                "profile": cfg.profile, "seed": cfg.seed, "device": cfg.device, "threads": self.threads}
+                "profile": cfg.profile, "seed": cfg.seed, "device": cfg.device, "threads": self.threads,
+                "training_processes": distributed.run_processes()}
         if outlier and self.benchmark.outlier is None:
             raise ConfigError(f"method '{method}' needs outlier data, which benchmark '{cfg.dataset.name}' lacks")
         postprocessor.benchmark = self.benchmark

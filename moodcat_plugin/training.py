@@ -18,6 +18,11 @@ number of threads changes the order of floating-point sums inside convolutions, 
 amplifies the last-bit differences into different models, so a model trained with 2 threads is
 not silently reused by a 1-thread run (or a GPU run). Within one setup a run is deterministic
 on CPU, and an interrupted run resumed from ``last.ckpt`` ends with bit-identical weights.
+
+Across processes (``torchrun``, :mod:`moodcat_plugin.distributed`) every process trains; rank 0
+alone writes the files above (and is the only one given ``trainer.run_dir`` for logs and
+pictures), epoch metrics are averaged over processes, and all processes resume from the same
+``last.ckpt``. The number of processes is part of the compute setup (sums are split differently).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from typing import Any, Dict
 import torch
 from tqdm import tqdm
 
+from moodcat_plugin import distributed
 from moodcat_plugin.config import config_hash
 from moodcat_plugin.errors import UserError
 from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint
@@ -44,11 +50,13 @@ class TrainingDivergedError(UserError):
 
 
 def compute_fingerprint(device: str | torch.device) -> Dict[str, Any]:
-    """What besides the config decides a trained model: device type, and CPU threads on CPU."""
+    """What besides the config decides a trained model: device type, CPU threads on CPU, and the
+    number of processes when there are several (absent for one, as before it was recorded)."""
     device = torch.device(device)
-    if device.type == "cpu":
-        return {"device": "cpu", "threads": torch.get_num_threads()}
-    return {"device": device.type}
+    fingerprint = {"device": "cpu", "threads": torch.get_num_threads()} if device.type == "cpu" else {"device": device.type}
+    if distributed.run_processes() > 1:
+        fingerprint["processes"] = distributed.run_processes()
+    return fingerprint
 
 
 def _plain(value: Any) -> Any:
@@ -59,13 +67,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class AnyOf:
+    """A neutral value with several spellings (e.g. ``amp``: ``off``, YAML's ``false``, None)."""
+
+    def __init__(self, *values: Any):
+        self.values = [_plain(v) for v in values]
+
+
+def _is_neutral(value: Any, neutral: Any) -> bool:
+    if isinstance(neutral, AnyOf):
+        return _plain(value) in neutral.values
+    return _plain(value) == _plain(neutral)
+
+
 def run_identity(section: Any, neutral: Dict[str, Any]) -> dict:
     """``section`` without the settings that sit at their neutral value, for cache keys.
 
     ``neutral`` maps a setting added after runs were cached to the value that reproduces the
-    behaviour from before it existed (a switch that is off): such a setting does not change
-    which run a config names, so adding it does not orphan trained models."""
-    return {k: v for k, v in dict(section).items() if not (k in neutral and _plain(v) == _plain(neutral[k]))}
+    behaviour from before it existed (a switch that is off; :class:`AnyOf` for several
+    spellings): such a setting does not change which run a config names, so adding it does not
+    orphan trained models."""
+    return {k: v for k, v in dict(section).items() if not (k in neutral and _is_neutral(v, neutral[k]))}
 
 
 def checkpoint_root(config) -> Path:
@@ -80,17 +102,22 @@ def run_folder(config, name: str, *key_sections: Any) -> Path:
     return checkpoint_root(config) / f"{name}-{config_hash(*key_sections, compute)}"
 
 
-def rng_state() -> Dict[str, Any]:
-    """Torch's global RNG states (CPU, and every CUDA device when CUDA is initialised)."""
+def rng_state(device: str | torch.device = "cpu") -> Dict[str, Any]:
+    """Torch's global RNG states: CPU, and the training CUDA device's (``cuda_device``; under
+    torchrun each process drives its own device, whose state rank 0 saves for all)."""
     state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: Dict[str, Any], device: str | torch.device = "cpu") -> None:
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
+    device = torch.device(device)
+    if "cuda_device" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and torch.cuda.is_available():  # checkpoints written before cuda_device
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -103,13 +130,15 @@ def _check_finite(metrics: Dict[str, Any], run_dir: Path, epoch: int) -> None:
 
 
 def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None,
-        description: str | None = None) -> Dict:
+        description: str | None = None, stop_after_seconds: float | None = None) -> Dict:
     """Train ``trainer`` for ``trainer.num_epochs`` epochs in ``run_dir``, resuming if possible.
 
     Returns ``{'history': [...], 'resumed_from': epoch or 0, 'cached': bool}``. When
     ``final.ckpt`` exists the weights are loaded and nothing is trained. A non-finite metric
     stops training with :class:`TrainingDivergedError` before that epoch is saved.
-    ``stop_after_epochs`` ends the call early (as an interruption would), for tests.
+    ``stop_after_epochs`` ends the call early (as an interruption would), for tests;
+    ``stop_after_seconds`` at the first epoch end past that many seconds (time-boxed runs, which
+    resume with the next call). An early end returns ``'interrupted': True``.
     ``description`` names the run on the progress bar (default: the folder name).
     """
     run_dir = Path(run_dir)
@@ -121,35 +150,46 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
         log.info("reusing trained weights from %s", run_dir / FINAL)
         return {"history": final.get("history", []), "resumed_from": final.get("epochs", 0), "cached": True}
 
+    main = distributed.is_main()  # only rank 0 writes (every process when there is one)
+    device = getattr(trainer, "device", "cpu")
     start_epoch, history = 0, []
-    trainer.run_dir = run_dir  # trainers may write logs and sample grids here
+    trainer.run_dir = run_dir if main else None  # trainers may write logs and sample grids here
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / LAST).is_file():
         last = load_checkpoint(run_dir / LAST)
         trainer.load_state_dict(last["trainer"])
-        set_rng_state(last["rng"])
+        set_rng_state(last["rng"], device)
         start_epoch, history = last["epoch"], last["history"]
         log.info("resuming %s from epoch %d", description or run_dir.name, start_epoch)
-    if key is not None:
+    if key is not None and main:
         atomic_write_json(key, run_dir / "config.json")
 
     epochs = tqdm(range(start_epoch, trainer.num_epochs), desc=f"training {description or run_dir.name}",
-                  disable=not progress, initial=start_epoch, total=trainer.num_epochs, unit="epoch")
+                  disable=not (progress and main), initial=start_epoch, total=trainer.num_epochs, unit="epoch")
+    call_started = time.perf_counter()
     for epoch in epochs:
         started = time.perf_counter()
         _, metrics = trainer.train_epoch(epoch + 1)
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
+        metrics = distributed.average(metrics)
         metrics["seconds"] = round(time.perf_counter() - started, 2)
         _check_finite(metrics, run_dir, epoch + 1)
         history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['loss']:.4f}")
-        atomic_torch_save({"epoch": epoch + 1, "trainer": trainer.state_dict(), "rng": rng_state(),
-                           "history": history}, run_dir / LAST)
-        atomic_write_json(history, run_dir / "history.json")
-        if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < trainer.num_epochs:
+        if main:
+            atomic_torch_save({"epoch": epoch + 1, "trainer": trainer.state_dict(), "rng": rng_state(device),
+                               "history": history}, run_dir / LAST)
+            atomic_write_json(history, run_dir / "history.json")
+        out_of_epochs = stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs
+        out_of_time = stop_after_seconds is not None and distributed.any_process(
+            time.perf_counter() - call_started >= stop_after_seconds)
+        if (out_of_epochs or out_of_time) and epoch + 1 < trainer.num_epochs:
+            distributed.barrier()
             return {"history": history, "resumed_from": start_epoch, "cached": False, "interrupted": True}
 
-    atomic_torch_save({"modules": {name: m.state_dict() for name, m in modules.items()},
-                       "history": history, "epochs": trainer.num_epochs}, run_dir / FINAL)
-    (run_dir / LAST).unlink(missing_ok=True)
+    if main:
+        atomic_torch_save({"modules": {name: m.state_dict() for name, m in modules.items()},
+                           "history": history, "epochs": trainer.num_epochs}, run_dir / FINAL)
+        (run_dir / LAST).unlink(missing_ok=True)
+    distributed.barrier()  # the others return once final.ckpt is there
     return {"history": history, "resumed_from": start_epoch, "cached": False}

@@ -1,24 +1,34 @@
 #!/usr/bin/env python
-"""CPU speed of MOODCAT: scoring cost relative to ResNet-18 and GAN / Cb training throughput.
+"""MOODCAT speed on one device: GAN / Cb training and scoring images/s, and the paper's schedule.
 
-(a) "MOODCAT basic" scoring (mask -> encoder -> decoder -> Cb; reference sizes ch=32, Cb ch=64)
-    versus one forward pass of resnet18_32x32 (width 1.0, 10 classes) on the same batch: median
-    wall time over repeats after warm-up (eval mode, ``torch.inference_mode``), the time ratio
-    MOODCAT/ResNet (the paper's MAC ratio is 0.408/0.556 = 0.73), and MACs counted with
-    ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2). Variants: spectral-norm weights
-    recomputed every layer call (plain) or cached once per batch (``parametrize.cached()``), and
-    NCHW vs channels_last Cb / ResNet (MoodcatGAN's networks are always channels_last).
-(b) GAN training images/s (one D step + one G step per batch, as the ``moodcat_gan`` trainer) at
-    several channel multipliers, Cb training images/s, and scoring images/s at those sizes.
+(a) Training and scoring throughput at two sizes: the paper's (GAN ch 32 with U-Net discriminator
+    ch 32, latent 128; Cb ch 64) and the ``cpu`` profile's (GAN ch 16 / 16, latent 128; Cb ch 32).
+    GAN: images/s of ``MoodcatGANTrainer`` steps (one D + one G update, CutMix with probability
+    0.5, decoder EMA) fed by the normal training stream (``ShuffledBatches`` resident on the
+    device, flips made there). Cb: labelled images/s of ``MoodcatCbTrainer`` steps (each image
+    gives a matched and a mismatched pair through the frozen generator). Scoring: images/s of
+    MOODCAT basic (mask, encoder, decoder, Cb; eval mode, spectral norms cached). Each training
+    rate is measured with the speed options at their defaults (the original arithmetic) and with
+    the ``gpu`` profile's options (``configs/postprocessors/moodcat.yml``: concatenated
+    discriminator forward, fused Adam, bf16 autocast); ``fast-fp32`` is the same without autocast
+    (CPUs without bf16 units emulate it slowly). The paper's schedule (520k steps x 384 images)
+    is converted into GPU-hours (CUDA) or CPU-days (CPU) at each GAN rate.
+(b) (``--curves N``) loss curves of N GAN steps with each variant from the same seed, data
+    (the embedded demo digits, always available), masks and CutMix draws, in windows of N/4 steps:
+    the speed options must not change what is learnt beyond rounding.
+(c) (``--compare-resnet``) scoring cost of MOODCAT basic at paper size against one forward pass
+    of resnet18_32x32 on the same batch: wall and CPU time ratios and MACs
+    (``torch.utils.flop_counter``).
 
-Prints a Markdown snippet (command, machine, date, tables). Example::
+Nothing names a device but ``--device``. Prints a Markdown snippet (command, machine, date, wall
+time, tables) for BENCHMARKS.md. Examples::
 
-    python scripts/bench_moodcat_speed.py --threads 2 --batch 64 --gan-channels 8 16 32
+    python scripts/bench_moodcat_speed.py --device cpu --threads 2            # batch 64
+    python scripts/bench_moodcat_speed.py --device cuda                       # batch 384
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import os
 import platform
@@ -26,57 +36,98 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
-from moodcat_plugin.config import Config
+from moodcat_plugin.config import Config, load_yaml
+from moodcat_plugin.data import ImageArray, make_loader
 from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
 from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
-from moodcat_plugin.trainers.moodcat_gan_trainer import MoodcatGANTrainer
+from moodcat_plugin.trainers.moodcat_gan_trainer import GAN_SPEED_DEFAULTS, MoodcatGANTrainer
 
 NUM_CLASSES = 10
+IMAGES = 4096                       # synthetic training set resident on the device
+PAPER_STEPS, PAPER_BATCH = 520_000, 384
+SIZES = {"paper": {"gan": 32, "disc": 32, "latent": 128, "cb": 64},
+         "cpu": {"gan": 16, "disc": 16, "latent": 128, "cb": 32}}
+MOODCAT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "postprocessors" / "moodcat.yml"
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """{name: {'wall': s, 'cpu': s}} medians per callable, timed round-robin so that machine-load
-    drift hits all alike. 'cpu' is process CPU time (all threads), unaffected by other processes."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    walls = {name: [] for name in fns}
-    cpus = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            walls[name].append(time.perf_counter() - wall)
-            cpus[name].append(time.process_time() - cpu)
-    return {name: {"wall": statistics.median(walls[name]), "cpu": statistics.median(cpus[name])}
-            for name in fns}
+def gpu_profile_options(section: str) -> dict:
+    """The speed options the ``gpu`` profile of moodcat.yml sets in its ``gan``/``cb`` section."""
+    profile = load_yaml(MOODCAT_CONFIG)["profiles"]["gpu"].get(section, {})
+    return {key: value for key, value in profile.items() if key in GAN_SPEED_DEFAULTS}
 
 
-def count_macs(fn) -> float:
-    """Multiply-accumulates of one call of ``fn`` (FlopCounterMode FLOPs / 2).
+def variant_options(variant: str, section: str) -> dict:
+    if variant == "default":
+        return {}
+    options = gpu_profile_options(section)
+    return {**options, "amp": "off"} if variant == "fast-fp32" else options
 
-    FlopCounterMode registers autograd hooks, so ``fn`` must not use ``torch.inference_mode``
-    (use ``no_grad``) nor ``parametrize.cached()``; the per-call spectral-norm matrix-vector
-    products then counted are negligible (< 0.1 %).
-    """
-    counter = FlopCounterMode(display=False)
-    with counter:
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int, warmup: int) -> dict:
+    """Wall and process-CPU seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
         fn()
-    return counter.get_total_flops() / 2
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return {"wall": (time.perf_counter() - wall) / repeats, "cpu": (time.process_time() - cpu) / repeats}
 
 
-def moodcat_scorer(gan: MoodcatGAN, cb: ConditionalBinaryClassifier, x, y, cache_sn: bool,
-                   grad_mode=torch.inference_mode):
-    """Callable computing the Cb logits of the MOODCAT basic pipeline on (x, y)."""
-    generator = torch.Generator().manual_seed(0)
+def training_stream(batch: int, device: torch.device, seed: int = 0):
+    """The normal training stream (flips) over random uint8 images resident on ``device``."""
+    rng = np.random.default_rng(seed)
+    array = ImageArray("bench", rng.integers(0, 256, (IMAGES, 32, 32, 3), dtype=np.uint8),
+                       rng.integers(0, NUM_CLASSES, IMAGES))
+    return make_loader(array, [0.5] * 3, [0.5] * 3, batch, train=True, augment=["flip"], seed=seed, device=device)
+
+
+def trainer_config(section: dict, device: torch.device) -> Config:
+    return Config({"device": str(device), "progress": False,
+                   "dataset": {"normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}}, "trainer": section})
+
+
+def gan_rate(size: dict, batch: int, device: torch.device, options: dict, steps: int, warmup: int) -> dict:
+    """Images/s (wall, per CPU-second) of GAN training steps."""
+    torch.manual_seed(0)
+    gan = MoodcatGAN(NUM_CLASSES, ch=size["gan"], latent_dim=size["latent"], disc_ch=size["disc"]).to(device)
+    section = {"name": "moodcat_gan", "num_epochs": 1, "batch_size": batch, "cutmix_warmup_epochs": 0,
+               "ema_decay": 0.9999, "sample_every": 0, "log_every": 0, **options}
+    trainer = MoodcatGANTrainer(gan, training_stream(batch, device), trainer_config(section, device))
+    t = timed(lambda: trainer.train_step(*trainer.next_batch(), epoch_idx=1), device, steps, warmup)
+    return {"wall": batch / t["wall"], "cpu": batch / t["cpu"]}
+
+
+def cb_rate(size: dict, batch: int, device: torch.device, options: dict, steps: int, warmup: int) -> dict:
+    """Labelled images/s of Cb training steps (two pairs per image through the frozen generator)."""
+    torch.manual_seed(0)
+    gan = MoodcatGAN(NUM_CLASSES, ch=size["gan"], latent_dim=size["latent"], disc_ch=size["disc"]).to(device)
+    cb = ConditionalBinaryClassifier(NUM_CLASSES, ch=size["cb"]).to(device)
+    section = {"name": "moodcat_cb", "num_epochs": 1, "batch_size": batch, **options}
+    trainer = MoodcatCbTrainer(cb, training_stream(batch, device, seed=1), trainer_config(section, device), gan)
+    t = timed(trainer.train_step, device, steps, warmup)
+    return {"wall": batch / t["wall"], "cpu": batch / t["cpu"]}
+
+
+def moodcat_scorer(gan, cb, x, y, cache_sn: bool = True, grad_mode=torch.inference_mode):
+    """Callable computing the Cb logits of MOODCAT basic (mask, E, D, Cb) on (x, y)."""
+    generator = torch.Generator(device=x.device).manual_seed(0)
 
     def score():
         with grad_mode(), (parametrize.cached() if cache_sn else nullcontext()):
@@ -87,133 +138,166 @@ def moodcat_scorer(gan: MoodcatGAN, cb: ConditionalBinaryClassifier, x, y, cache
     return score
 
 
-def scoring_comparison(batch: int, repeats: int, ch: int = 32, cb_ch: int = 64) -> dict:
-    """Times and MACs of MOODCAT basic vs resnet18_32x32 on one batch (see module doc)."""
+def scoring_rate(size: dict, batch: int, device: torch.device, repeats: int, warmup: int) -> dict:
+    gan = MoodcatGAN(NUM_CLASSES, ch=size["gan"], latent_dim=size["latent"], disc_ch=size["disc"]).to(device).eval()
+    cb = ConditionalBinaryClassifier(NUM_CLASSES, ch=size["cb"]).to(device).to(memory_format=torch.channels_last).eval()
+    x = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1
+    y = torch.arange(batch, device=device) % NUM_CLASSES
+    t = timed(moodcat_scorer(gan, cb, x, y), device, repeats, warmup)
+    return {"wall": batch / t["wall"], "cpu": batch / t["cpu"]}
+
+
+def loss_curve(size: dict, batch: int, device: torch.device, options: dict, steps: int) -> torch.Tensor:
+    """(steps, 2) d_loss, g_loss of GAN training on the demo digits from seed 0."""
+    from moodcat_plugin.data.demo import build_demo_sets
+
     torch.manual_seed(0)
-    x = torch.rand(batch, 3, 32, 32) * 2 - 1
-    y = torch.arange(batch) % NUM_CLASSES
-    gan = MoodcatGAN(NUM_CLASSES, ch=ch, disc_ch=32).eval()
-    cb = ConditionalBinaryClassifier(NUM_CLASSES, ch=cb_ch).eval()
-    resnet = ResNet18_32x32(NUM_CLASSES, width=1.0).eval()
+    digits = build_demo_sets(0)["digits_train"]
+    gan = MoodcatGAN(6, ch=size["gan"], latent_dim=size["latent"], disc_ch=size["disc"]).to(device)
+    section = {"name": "moodcat_gan", "num_epochs": 1, "batch_size": batch, "lr_g": 2e-4, "cutmix_warmup_epochs": 0,
+               "ema_decay": None, "sample_every": 0, "log_every": 0, **options}
+    stream = make_loader(digits, [0.5] * 3, [0.5] * 3, batch, train=True, augment=["flip"], seed=0, device=device)
+    trainer = MoodcatGANTrainer(gan, stream, trainer_config(section, device))
+    rows = [trainer.train_step(*trainer.next_batch(), epoch_idx=1) for _ in range(steps)]
+    return torch.tensor([[row["d_loss"], row["g_loss"]] for row in rows])
+
+
+def curves_table(size_name: str, batch: int, device: torch.device, variants, steps: int) -> str:
+    """Markdown: mean d/g loss per window of steps for each variant, and the largest per-step
+    relative difference from the default."""
+    curves = {variant: loss_curve(SIZES[size_name], batch, device, variant_options(variant, "gan"), steps)
+              for variant in ["default", *[v for v in variants if v != "default"]]}
+    window = max(1, steps // 4)
+    edges = list(range(0, steps, window))
+    header = ["options"] + [f"steps {a + 1}-{min(a + window, steps)}: d / g" for a in edges] + ["max per-step rel. diff d / g"]
+    lines = [f"Loss curves, {size_name} size, batch {batch}, {steps} steps on the demo digits (same seed, data and draws):\n",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, curve in curves.items():
+        means = [curve[a:a + window].mean(0) for a in edges]
+        diff = ((curve - curves["default"]).abs() / curves["default"].abs()).max(0).values
+        lines.append(f"| {variant} | " + " | ".join(f"{m[0]:.4f} / {m[1]:.3f}" for m in means)
+                     + f" | {diff[0]:.2%} / {diff[1]:.2%} |")
+    return "\n".join(lines)
+
+
+def schedule(rate: float, device: torch.device) -> str:
+    """The paper's GAN schedule at ``rate`` images/s, in GPU-hours or CPU-days."""
+    seconds = PAPER_STEPS * PAPER_BATCH / rate
+    return f"{seconds / 3600:.1f} GPU-h" if device.type == "cuda" else f"{seconds / 86400:.0f} CPU-days"
+
+
+def count_macs(fn) -> float:
+    """Multiply-accumulates of one call of ``fn`` (FlopCounterMode FLOPs / 2; no_grad, SN uncached)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
+def resnet_comparison(batch: int, device: torch.device, repeats: int) -> str:
+    """Markdown rows: MOODCAT basic at paper size against resnet18_32x32 on one batch."""
+    torch.manual_seed(0)
+    size = SIZES["paper"]
+    x = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1
+    y = torch.arange(batch, device=device) % NUM_CLASSES
+    gan = MoodcatGAN(NUM_CLASSES, ch=size["gan"], disc_ch=size["disc"]).to(device).eval()
+    cb = ConditionalBinaryClassifier(NUM_CLASSES, ch=size["cb"]).to(device).to(memory_format=torch.channels_last).eval()
+    resnet = ResNet18_32x32(NUM_CLASSES, width=1.0).to(device).eval()
 
     def resnet_forward(grad_mode=torch.inference_mode):
         with grad_mode():
             return resnet(x)
 
-    resnet_cl = copy.deepcopy(resnet).to(memory_format=torch.channels_last)
-    cb_cl = copy.deepcopy(cb).to(memory_format=torch.channels_last)
-
-    def resnet_cl_forward():
-        with torch.inference_mode():
-            return resnet_cl(x)
-
-    times = interleaved_medians({
-        "resnet": resnet_forward, "resnet_cl": resnet_cl_forward,
-        "moodcat_plain": moodcat_scorer(gan, cb, x, y, cache_sn=False),
-        "moodcat_cached": moodcat_scorer(gan, cb_cl, x, y, cache_sn=True)}, repeats)
-    with torch.no_grad():
-        macs = {"resnet": count_macs(lambda: resnet_forward(torch.no_grad)) / batch,
-                "moodcat": count_macs(moodcat_scorer(gan, cb, x, y, False, torch.no_grad)) / batch,
-                "encoder": count_macs(lambda: gan.encoder(x)) / batch,
-                "decoder": count_macs(lambda: gan.decoder(torch.zeros(batch, 128), y)) / batch,
-                "cb": count_macs(lambda: cb(x, x, y)) / batch}
-    return {"times": times, "macs": macs, "batch": batch}
+    times = {"resnet": timed(resnet_forward, device, repeats, 2),
+             "moodcat": timed(moodcat_scorer(gan, cb, x, y), device, repeats, 2)}
+    macs = {"resnet": count_macs(lambda: resnet_forward(torch.no_grad)) / batch,
+            "moodcat": count_macs(moodcat_scorer(gan, cb, x, y, False, torch.no_grad)) / batch}
+    lines = [f"Scoring cost, batch {batch}, eval mode, inference_mode:\n",
+             "| model | wall s / batch | ratio (wall) | CPU s / batch | ratio (CPU) | GMACs / image |",
+             "|---|---|---|---|---|---|"]
+    for label, key in (("resnet18_32x32 (width 1.0)", "resnet"),
+                       ("MOODCAT basic (E+D+Cb, ch 32 / Cb 64), SN cached", "moodcat")):
+        t = times[key]
+        lines.append(f"| {label} | {t['wall']:.4f} | {t['wall'] / times['resnet']['wall']:.2f} | {t['cpu']:.4f} | "
+                     f"{t['cpu'] / times['resnet']['cpu']:.2f} | {macs[key] / 1e9:.3f} |")
+    return "\n".join(lines)
 
 
-def tiny_config(trainer: dict) -> Config:
-    return Config({"device": "cpu", "dataset": {"normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}},
-                   "trainer": trainer})
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-def gan_training_rate(ch: int, batch: int, steps: int) -> float:
-    """Images/s of MoodcatGANTrainer.train_step (D + G step, CutMix with probability 0.5)."""
-    torch.manual_seed(0)
-    gan = MoodcatGAN(NUM_CLASSES, ch=ch, disc_ch=ch)
-    trainer = MoodcatGANTrainer(gan, [None], tiny_config({"name": "moodcat_gan", "num_epochs": 1,
-                                                           "cutmix_warmup_epochs": 0, "ema_decay": 0.999}))
-    x = torch.rand(batch, 3, 32, 32) * 2 - 1
-    y = torch.arange(batch) % NUM_CLASSES
-    t = interleaved_medians({"step": lambda: trainer.train_step(x, y, epoch_idx=1)}, steps, warmup=1)["step"]
-    return batch / t["wall"], batch / t["cpu"]
+def machine_line(device: torch.device, threads: int) -> str:
+    what = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads}")
+    return f"{what}; {platform.platform()}, torch {torch.__version__}, python {platform.python_version()}"
 
 
-def cb_training_rate(gan_ch: int, cb_ch: int, batch: int, steps: int) -> float:
-    """Labelled images/s of one Cb training step (each image gives a positive and a negative pair)."""
-    torch.manual_seed(0)
-    gan = MoodcatGAN(NUM_CLASSES, ch=gan_ch, disc_ch=gan_ch)
-    cb = ConditionalBinaryClassifier(NUM_CLASSES, ch=cb_ch)
-    images = torch.rand(batch, 3, 32, 32)
-    loader = [{"data": (images - 0.5) / 0.5, "label": torch.arange(batch) % NUM_CLASSES}]
-    trainer = MoodcatCbTrainer(cb, loader, tiny_config({"name": "moodcat_cb", "num_epochs": 1}), gan)
-    t = interleaved_medians({"step": trainer.train_step}, steps, warmup=1)["step"]
-    return batch / t["wall"], batch / t["cpu"]
-
-
-def scoring_rate(gan_ch: int, cb_ch: int, batch: int, repeats: int) -> float:
-    """Images/s of MOODCAT basic scoring (E + D + Cb, SN cached) at the given widths."""
-    gan = MoodcatGAN(NUM_CLASSES, ch=gan_ch, disc_ch=gan_ch).eval()
-    cb = ConditionalBinaryClassifier(NUM_CLASSES, ch=cb_ch).eval()
-    x = torch.rand(batch, 3, 32, 32) * 2 - 1
-    y = torch.arange(batch) % NUM_CLASSES
-    t = interleaved_medians({"score": moodcat_scorer(gan, cb, x, y, cache_sn=True)}, repeats)["score"]
-    return batch / t["wall"], batch / t["cpu"]
-
-
-def machine_line(threads: int) -> str:
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, torch threads {threads}, "
-            f"python {platform.python_version()}")
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--batch", type=int, help="batch size (default: 384 on CUDA, as the paper; 64 on CPU)")
+    parser.add_argument("--steps", type=int, help="timed training steps per rate (default: 30 on CUDA, 3 on CPU)")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--variants", nargs="+", choices=["default", "fast", "fast-fp32"],
+                        help="speed options measured (default: default fast on CUDA, default fast-fp32 on CPU)")
+    parser.add_argument("--curves", type=int, default=0, metavar="N",
+                        help="also compare N-step GAN loss curves of the variants (cpu size)")
+    parser.add_argument("--only-curves", action="store_true", help="skip the throughput table")
+    parser.add_argument("--compare-resnet", action="store_true", help="also time MOODCAT scoring against ResNet-18")
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--train-steps", type=int, default=3)
-    parser.add_argument("--gan-channels", type=int, nargs="*", default=[8, 16, 32])
-    parser.add_argument("--cb-channels", type=int, nargs="*", default=[32, 64])
-    parser.add_argument("--skip-scoring", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick its fastest kernels
     torch.set_num_threads(args.threads)
+    batch = args.batch or (PAPER_BATCH if cuda else 64)
+    steps = args.steps or (30 if cuda else 3)
+    warmup = 10 if cuda else 1
+    variants = args.variants or (["default", "fast"] if cuda else ["default", "fast-fp32"])
 
-    print("## MOODCAT CPU speed\n")
+    print(f"## MOODCAT speed on {'CUDA' if cuda else 'CPU'}\n")
     print(f"- command: `python {' '.join(sys.argv)}`")
-    print(f"- machine: {machine_line(args.threads)}")
+    print(f"- machine: {machine_line(device, args.threads)}")
     print(f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print("- note: wall-clock medians; a shared or busy machine inflates absolute times, ratios are "
-          "more robust (the scoring variants are timed round-robin)\n")
-
-    if not args.skip_scoring:
-        result = scoring_comparison(args.batch, args.repeats)
-        t, m = result["times"], result["macs"]
-        print(f"### (a) Scoring, batch {args.batch}, eval mode, inference_mode\n")
-        print("| model | median wall s / batch | ratio (wall) | median CPU s / batch | ratio (CPU) | GMACs / image |")
-        print("|---|---|---|---|---|---|")
-        rows = [("resnet18_32x32 (width 1.0)", "resnet", m["resnet"]),
-                ("resnet18_32x32, channels_last", "resnet_cl", m["resnet"]),
-                ("MOODCAT basic (E+D+Cb), Cb NCHW, SN recomputed per call", "moodcat_plain", m["moodcat"]),
-                ("MOODCAT basic (E+D+Cb), Cb channels_last, SN cached", "moodcat_cached", m["moodcat"])]
-        for label, key, macs in rows:
-            print(f"| {label} | {t[key]['wall']:.4f} | {t[key]['wall'] / t['resnet']['wall']:.2f} | "
-                  f"{t[key]['cpu']:.4f} | {t[key]['cpu'] / t['resnet']['cpu']:.2f} | {macs / 1e9:.3f} |")
-        print(f"\nMAC ratio MOODCAT/ResNet = {m['moodcat'] / m['resnet']:.2f} (paper: 0.73); per image "
-              f"E {m['encoder'] / 1e9:.4f}, D {m['decoder'] / 1e9:.3f}, Cb {m['cb'] / 1e9:.3f} GMACs "
-              f"(paper: 0.0049, 0.297, 0.105).\n")
-
-    print(f"### (b) Training and scoring throughput, batch {args.batch} (images/s wall; images per CPU-second)\n")
-    header = ["GAN ch (= disc ch)", "GAN train"]
-    for c in args.cb_channels:
-        header += [f"Cb ch {c} train", f"scoring E+D+Cb ch {c}"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    fmt = lambda rates: f"{rates[0]:.1f}; {rates[1]:.1f}"  # noqa: E731
-    for ch in args.gan_channels:
-        cells = [fmt(gan_training_rate(ch, args.batch, args.train_steps))]
-        for cb_ch in args.cb_channels:
-            cells.append(fmt(cb_training_rate(ch, cb_ch, args.batch, args.train_steps)))
-            cells.append(fmt(scoring_rate(ch, cb_ch, args.batch, args.repeats)))
-        print(f"| {ch} | " + " | ".join(cells) + " |", flush=True)
+    print(f"- batch {batch}; {steps} timed training steps after {warmup} warm-up step(s) per rate; "
+          f"fast options (gpu profile): gan {gpu_profile_options('gan')}, cb {gpu_profile_options('cb')}\n")
+    print("Images/s, wall clock (in brackets: images per CPU-second of this process). Paper schedule: "
+          f"{PAPER_STEPS:,} GAN steps x {PAPER_BATCH} images at the GAN rate.\n")
+    header = ["size", "options", "GAN train", "paper schedule", "Cb train", "scoring E+D+Cb"]
+    if not args.only_curves:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+    fmt = lambda rate: f"{rate['wall']:,.0f} ({rate['cpu']:,.0f})"  # noqa: E731
+    for name in [] if args.only_curves else args.sizes:
+        size = SIZES[name]
+        scoring = fmt(scoring_rate(size, batch, device, max(steps, 5), warmup))
+        label = f"{name}: GAN ch {size['gan']} / D {size['disc']}, Cb {size['cb']}"
+        for variant in variants:
+            gan = gan_rate(size, batch, device, variant_options(variant, "gan"), steps, warmup)
+            cb = cb_rate(size, batch, device, variant_options(variant, "cb"), steps, warmup)
+            print(f"| {label} | {variant} | {fmt(gan)} | {schedule(gan['wall'], device)} | {fmt(cb)} | {scoring} |",
+                  flush=True)
+            if cuda:
+                torch.cuda.empty_cache()
+    if args.curves:
+        print("\n" + curves_table("cpu", 32 if not cuda else batch, device, variants, args.curves))
+    if args.compare_resnet:
+        print("\n" + resnet_comparison(batch, device, max(steps, 5)))
+    print(f"\nwall time of this benchmark: {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ Two kinds, both iterable like a DataLoader (``len()`` = batches per pass, ``.dat
   permutation and every sample's augmentation (crop offsets, flip) from a generator seeded with
   ``(seed, p)`` alone, so batch ``k`` of pass ``p`` is the same whatever ran before, however many
   threads run and wherever the stream was interrupted. Its position (pass, batch) is all the state
-  there is: ``state_dict()`` / ``load_state_dict()`` resume it exactly.
+  there is: ``state_dict()`` / ``load_state_dict()`` resume it exactly. With ``shard=(rank, N)``
+  (training across N processes, :mod:`moodcat_plugin.distributed`) ``batch_size`` is the global
+  batch: batch k of a pass is the one-process batch k split into N consecutive slices of
+  ``batch_size / N`` images, and this stream yields slice ``rank``.
 
 Where we differ from OpenOOD: no ``DataLoader`` workers. The images are uint8 tensors resident on
 the device, and augmentation (RandomCrop(size, padding=4) with zero fill, horizontal flip, as
@@ -113,10 +116,19 @@ class ShuffledBatches(ArrayBatches):
     """
 
     def __init__(self, array: ImageArray, mean: Sequence[float], std: Sequence[float], batch_size: int,
-                 augment: Sequence[str] = (), seed: int = 0, device: torch.device | str = "cpu"):
-        super().__init__(array, mean, std, batch_size, device)
+                 augment: Sequence[str] = (), seed: int = 0, device: torch.device | str = "cpu",
+                 shard: Tuple[int, int] = (0, 1)):
+        self.rank, self.world = int(shard[0]), int(shard[1])
+        if batch_size % self.world:
+            raise ConfigError(f"batch size {batch_size} cannot be split evenly over {self.world} processes: "
+                              f"set the section's batch_size to a multiple of {self.world}")
+        super().__init__(array, mean, std, batch_size // self.world, device)
+        self.global_batch = int(batch_size)
         if len(array) == 0:
             raise ConfigError(f"cannot train on '{array.name}': it holds no images")
+        if self.world > 1 and len(array) < self.global_batch:
+            raise ConfigError(f"'{array.name}' holds {len(array)} images, fewer than one batch of {self.global_batch} "
+                              f"split over {self.world} processes: lower the batch_size or use fewer processes")
         self.augment = check_augmentations(augment)
         self.seed = int(seed)
         self.pass_index, self.position = 0, 0
@@ -124,7 +136,7 @@ class ShuffledBatches(ArrayBatches):
 
     def __len__(self) -> int:
         n = len(self.dataset)
-        return n // self.batch_size if n > self.batch_size else 1
+        return n // self.global_batch if n > self.global_batch else 1
 
     def _pass_plan(self, pass_index: int) -> tuple:
         """Permutation and per-sample augmentation of one pass, drawn on the CPU and moved."""
@@ -141,7 +153,8 @@ class ShuffledBatches(ArrayBatches):
     def batch_at(self, pass_index: int, position: int) -> Dict[str, torch.Tensor]:
         """Batch ``position`` of pass ``pass_index`` (pure: does not move the stream)."""
         _, order, tops, lefts, flips = self._pass_plan(pass_index)
-        chosen = order[position * self.batch_size:(position + 1) * self.batch_size]
+        start = position * self.global_batch + self.rank * self.batch_size
+        chosen = order[start:start + self.batch_size]
         crop = "crop" in self.augment
         return self.make_batch(chosen, tops[chosen] if crop else None, lefts[chosen] if crop else None,
                                flips[chosen] if "flip" in self.augment else None)
@@ -173,10 +186,12 @@ class ShuffledBatches(ArrayBatches):
 
 
 def make_loader(array: ImageArray, mean, std, batch_size: int, train: bool = False,
-                augment: Sequence[str] = (), seed: int = 0, device: torch.device | str = "cpu") -> ArrayBatches:
-    """Training stream (``train``: shuffled, seeded, augmented) or in-order evaluation batches."""
+                augment: Sequence[str] = (), seed: int = 0, device: torch.device | str = "cpu",
+                shard: Tuple[int, int] = (0, 1)) -> ArrayBatches:
+    """Training stream (``train``: shuffled, seeded, augmented; ``shard``: this process's slice of
+    each global batch) or in-order evaluation batches (every process sees all of them)."""
     if train:
-        return ShuffledBatches(array, mean, std, batch_size, augment=augment, seed=seed, device=device)
+        return ShuffledBatches(array, mean, std, batch_size, augment=augment, seed=seed, device=device, shard=shard)
     return ArrayBatches(array, mean, std, batch_size, device=device)
 
 

@@ -4,6 +4,9 @@ All functions take images ``x`` of shape ``[B,C,H,W]`` in [-1,1] and return a ma
 (the input is never modified). Masked pixels are set to ``fill`` (0 = mid-grey in [-1,1]).
 Every sample gets its own random mask; results are reproducible given a ``torch.Generator``
 (random numbers are drawn on the generator's device, or on ``x``'s device without one).
+``shard=(rank, N)`` (training across N processes): ``x`` is this process's slice of a global batch
+N times larger; the random numbers are drawn for the global batch and this slice's rows kept, so
+the N processes together draw exactly the masks one process draws for the global batch.
 
 Styles (``apply_mask``):
 
@@ -50,11 +53,15 @@ AREA_RANGE = Annotated[list_of(number(gt=0, lt=1), length=2, expect=AREA_WORDS),
 
 
 def _uniform(shape: Sequence[int], generator: Optional[torch.Generator],
-             device: torch.device) -> torch.Tensor:
-    """U[0,1) float64 samples drawn with ``generator`` (on its device), moved to ``device``."""
+             device: torch.device, shard: Tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """U[0,1) float64 samples drawn with ``generator`` (on its device), moved to ``device``;
+    with ``shard`` drawn for the global batch (``shape[0]`` x N rows) and this rank's rows kept."""
     draw_device = generator.device if generator is not None else device
-    sample = torch.rand(tuple(shape), generator=generator, device=draw_device,
+    rank, world = shard
+    sample = torch.rand((shape[0] * world, *shape[1:]), generator=generator, device=draw_device,
                         dtype=torch.float64)
+    if world > 1:
+        sample = sample[rank * shape[0]:(rank + 1) * shape[0]]
     return sample.to(device)
 
 
@@ -76,7 +83,7 @@ def fill_mask(x: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.T
 
 def sample_rectangle_sizes(batch: int, height: int, width: int, area: Tuple[float, float],
                            ratio: Tuple[float, float], generator: Optional[torch.Generator],
-                           device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+                           device: torch.device, shard: Tuple[int, int] = (0, 1)) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-sample rectangle heights and widths (int64 ``[B]``) whose area fraction is in ``area``.
 
     Draws ``MAX_RECTANGLE_TRIES`` candidates per sample at once and keeps the first valid one
@@ -85,9 +92,9 @@ def sample_rectangle_sizes(batch: int, height: int, width: int, area: Tuple[floa
     """
     total = height * width
     tries = MAX_RECTANGLE_TRIES
-    target = total * (area[0] + (area[1] - area[0]) * _uniform((batch, tries), generator, device))
+    target = total * (area[0] + (area[1] - area[0]) * _uniform((batch, tries), generator, device, shard))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * _uniform((batch, tries), generator, device))
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * _uniform((batch, tries), generator, device, shard))
     box_h = torch.round(torch.sqrt(target * aspect)).long()
     box_w = torch.round(torch.sqrt(target / aspect)).long()
     pixels = box_h * box_w
@@ -114,15 +121,16 @@ def _fallback_rectangle(height: int, width: int, area: Tuple[float, float]) -> T
 
 def random_rectangle_mask(x: torch.Tensor, area: Tuple[float, float] = TRAIN_AREA,
                           ratio: Tuple[float, float] = ASPECT_RATIO, fill: float = 0.0,
-                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                          generator: Optional[torch.Generator] = None,
+                          shard: Tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Erase one random rectangle per image (RandomErasing style, see module docstring).
 
     x ``[B,C,H,W]`` in [-1,1] -> masked copy, same shape; masked area fraction in ``area``.
     """
     batch, _, height, width = x.shape
-    box_h, box_w = sample_rectangle_sizes(batch, height, width, area, ratio, generator, x.device)
-    top = (_uniform((batch,), generator, x.device) * (height - box_h + 1)).long()
-    left = (_uniform((batch,), generator, x.device) * (width - box_w + 1)).long()
+    box_h, box_w = sample_rectangle_sizes(batch, height, width, area, ratio, generator, x.device, shard)
+    top = (_uniform((batch,), generator, x.device, shard) * (height - box_h + 1)).long()
+    left = (_uniform((batch,), generator, x.device, shard) * (width - box_w + 1)).long()
     return fill_mask(x, box_mask(height, width, top, left, box_h, box_w), fill)
 
 
@@ -149,13 +157,14 @@ def _check_patch_grid(x: torch.Tensor, patch_size: int) -> Tuple[int, int]:
 
 
 def _random_permutations(batch: int, n: int, generator: Optional[torch.Generator],
-                         device: torch.device) -> torch.Tensor:
+                         device: torch.device, shard: Tuple[int, int] = (0, 1)) -> torch.Tensor:
     """``batch`` independent random permutations of ``range(n)``, int64 ``[B,n]``."""
-    return torch.argsort(_uniform((batch, n), generator, device), dim=1)
+    return torch.argsort(_uniform((batch, n), generator, device, shard), dim=1)
 
 
 def patched_mask(x: torch.Tensor, patch_fraction: float = 0.5, patch_size: int = 4,
-                 fill: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 fill: float = 0.0, generator: Optional[torch.Generator] = None,
+                 shard: Tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Fill exactly ``round(patch_fraction * n_patches)`` random patches per image.
 
     x ``[B,C,H,W]`` -> masked copy. At 32 px the grid is 8x8 patches of 4x4.
@@ -165,14 +174,14 @@ def patched_mask(x: torch.Tensor, patch_fraction: float = 0.5, patch_size: int =
     batch, _, height, width = x.shape
     rows, cols = _check_patch_grid(x, patch_size)
     n_masked = round(patch_fraction * rows * cols)
-    ranks = _random_permutations(batch, rows * cols, generator, x.device)
+    ranks = _random_permutations(batch, rows * cols, generator, x.device, shard)
     patch_is_masked = (ranks < n_masked).view(batch, rows, cols)
     mask = patch_is_masked.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
     return fill_mask(x, mask, fill)
 
 
 def shuffle_patches(x: torch.Tensor, patch_size: int = 4,
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                    generator: Optional[torch.Generator] = None, shard: Tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Randomly permute the ``patch_size`` patches within each image; nothing is erased.
 
     x ``[B,C,H,W]`` -> shuffled copy with the same multiset of pixel values per image.
@@ -182,7 +191,7 @@ def shuffle_patches(x: torch.Tensor, patch_size: int = 4,
     patches = (x.reshape(batch, channels, rows, patch_size, cols, patch_size)
                .permute(0, 2, 4, 1, 3, 5)
                .reshape(batch, rows * cols, channels, patch_size, patch_size))
-    order = _random_permutations(batch, rows * cols, generator, x.device)
+    order = _random_permutations(batch, rows * cols, generator, x.device, shard)
     patches = patches[torch.arange(batch, device=x.device)[:, None], order]
     return (patches.reshape(batch, rows, cols, channels, patch_size, patch_size)
             .permute(0, 3, 1, 4, 2, 5)
@@ -193,14 +202,14 @@ def apply_mask(x: torch.Tensor, style: str = "random_rectangle",
                area: Tuple[float, float] = TRAIN_AREA,
                ratio: Tuple[float, float] = ASPECT_RATIO, fill: float = 0.0,
                patch_fraction: float = 0.5, patch_size: int = 4,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               generator: Optional[torch.Generator] = None, shard: Tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Mask ``x`` ``[B,C,H,W]`` (in [-1,1]) with the named ``style``; returns a new tensor.
 
     ``area``/``ratio`` apply to "random_rectangle", ``patch_fraction`` to "patched",
     ``patch_size`` to "patched" and "shuffle". Raises ValueError for an unknown style.
     """
     if style == "random_rectangle":
-        return random_rectangle_mask(x, area=area, ratio=ratio, fill=fill, generator=generator)
+        return random_rectangle_mask(x, area=area, ratio=ratio, fill=fill, generator=generator, shard=shard)
     if style == "none":
         return x.clone()
     if style == "fixed_low":
@@ -209,7 +218,7 @@ def apply_mask(x: torch.Tensor, style: str = "random_rectangle",
         return centre_square_mask(x, FIXED_HIGH_SIDE_32, fill)
     if style == "patched":
         return patched_mask(x, patch_fraction=patch_fraction, patch_size=patch_size, fill=fill,
-                            generator=generator)
+                            generator=generator, shard=shard)
     if style == "shuffle":
-        return shuffle_patches(x, patch_size=patch_size, generator=generator)
+        return shuffle_patches(x, patch_size=patch_size, generator=generator, shard=shard)
     raise ValueError(f"unknown mask style '{style}'; valid styles: {', '.join(VALID_STYLES)}")

@@ -8,7 +8,7 @@ The class label is NOT an input: conditioning happens only in the decoder.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -21,19 +21,22 @@ def _conv4x4(in_channels: int, out_channels: int, stride: int, padding: int) -> 
     return nn.Conv2d(in_channels, out_channels, 4, stride=stride, padding=padding, bias=False)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, sample: bool) -> torch.Tensor:
-    """``mu + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)`` if ``sample``, else ``mu``."""
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, sample: bool,
+                   noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``mu + exp(logvar / 2) * eps`` if ``sample``, else ``mu``; ``eps`` is ``noise`` when given
+    (same shape as ``mu``), else drawn ``~ N(0, I)``."""
     if not sample:
         return mu
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    return mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if noise is None else noise)
 
 
 @register_network("moodcat_encoder")
 class MoodcatEncoder(nn.Module):
     """Convolutional VAE encoder for 32x32 RGB images.
 
-    forward(x ``[B,3,32,32]`` in [-1,1]) -> (z, mu, logvar), each ``[B,latent_dim]`` unbounded.
-    In training mode ``z = mu + exp(logvar/2) * eps``; in eval mode ``z = mu`` (deterministic).
+    forward(x ``[B,3,32,32]`` in [-1,1], noise=None) -> (z, mu, logvar), each ``[B,latent_dim]``
+    unbounded. In training mode ``z = mu + exp(logvar/2) * eps`` (``eps = noise`` when given, e.g.
+    drawn for a global batch across processes); in eval mode ``z = mu`` (deterministic).
     """
 
     def __init__(self, ch: int = 32, latent_dim: int = 128):
@@ -54,10 +57,10 @@ class MoodcatEncoder(nn.Module):
         self.mu_head = nn.Linear(4 * ch, latent_dim)
         self.logvar_head = nn.Linear(4 * ch, latent_dim)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if x.shape[-2:] != (32, 32):
             raise ValueError(f"MoodcatEncoder expects 32x32 images, got {tuple(x.shape)}")
         h = self.features(x)
         mu = self.mu_head(h)
         logvar = self.logvar_head(h)
-        return reparameterize(mu, logvar, sample=self.training), mu, logvar
+        return reparameterize(mu, logvar, sample=self.training, noise=noise), mu, logvar

@@ -79,11 +79,12 @@ class MoodcatGAN(nn.Module):
     def update_ema(self, decay: float) -> None:
         """``decoder_ema <- decay * decoder_ema + (1 - decay) * decoder`` for parameters;
         buffers (BN running statistics, spectral-norm vectors) are copied. ``decay=0`` copies all.
+        One multi-tensor (``_foreach``) kernel per kind instead of one per tensor: the same values
+        as per-tensor ``lerp_``/``copy_``, with ~100x fewer kernel launches on a GPU.
         """
-        for ema_param, param in zip(self.decoder_ema.parameters(), self.decoder.parameters()):
-            ema_param.lerp_(param.detach(), 1.0 - decay)
-        for ema_buffer, buffer in zip(self.decoder_ema.buffers(), self.decoder.buffers()):
-            ema_buffer.copy_(buffer)
+        torch._foreach_lerp_(list(self.decoder_ema.parameters()), [p.detach() for p in self.decoder.parameters()],
+                             1.0 - decay)
+        torch._foreach_copy_(list(self.decoder_ema.buffers()), list(self.decoder.buffers()))
 
     @torch.no_grad()
     def synthesize(self, x: torch.Tensor, y: torch.Tensor, mask_style: str = "random_rectangle",

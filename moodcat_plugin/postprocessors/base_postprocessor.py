@@ -50,6 +50,11 @@ class BasePostprocessor:
         self.device = torch.device(config.device)
         self.last_components = {}
 
+    def train(self, net, id_loader_dict) -> None:
+        """Train (or load from the cache) what the method needs besides the classifier ``net``
+        (MOODCAT: its generator and Cb); nothing here. Called by every process under torchrun
+        before rank 0 evaluates; ``setup`` must then find the trained models in the cache."""
+
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
         """Fit whatever the method needs (nothing for MSP)."""
 

@@ -30,6 +30,13 @@ Table 5 repeats its random-mask rows; 0 = the default draw), ``label_source`` (o
 (``gan_network``), the trainers ``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb
 network (``cb_network``) and :class:`IqaConfig` (``iqa``).
 
+Trained weights instead of training (section ``pretrained``, or the CLI's ``--pretrained FILE``):
+``pretrained.file`` names a weights file (:mod:`moodcat_plugin.moodcat.weights`: fp16 encoder +
+decoder [+ Cb], sha256 checked against the ``MANIFEST.json`` beside it when the method is
+built, before anything trains). The file's networks are used as they were trained (its
+``gan_network``/``cb_network``, whatever the profile says); a Cb variant the file lacks (Cb(ext),
+or Cb itself) is trained on the loaded generator, cached under the file's sha256.
+
 Per-scorer confs (``-distance``) are recorded in ``last_components`` (leaderboard rows
 ``moodcat:cb``, ``moodcat:lpips``, ... = the paper's Table 4 single-scorer results).
 
@@ -53,6 +60,7 @@ import torch
 from pydantic import AfterValidator
 from tqdm import tqdm
 
+from moodcat_plugin import distributed
 from moodcat_plugin.config import Config
 from moodcat_plugin.data import ImageArray, make_loader
 from moodcat_plugin.data.arrays import stratified_holdout
@@ -60,13 +68,15 @@ from moodcat_plugin.errors import ConfigError, DataError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.images import class_name, save_labelled_grid, to_signed_unit
 from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES
+from moodcat_plugin.moodcat import weights as shipped_weights
 from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, FEATURE_SCORERS, IQA_SCORERS, LOGIT_SCORERS,
                                             LPIPS_TRUNKS, CbScorer, ClassifierLPIPS, build_iqa_scorer,
                                             check_cached_weights, logit_distance)
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
-from moodcat_plugin.schema import FLAG, Expect, Registered, Schema, check, choice, integer, list_of
+from moodcat_plugin.schema import FLAG, TEXT, Expect, Registered, Schema, check, choice, integer, list_of, optional
 from moodcat_plugin.training import FINAL, fit, run_folder, run_identity
+from moodcat_plugin.utils import load_state_dict_strict
 
 log = logging.getLogger(__name__)
 GRID_IMAGES = 16
@@ -114,6 +124,12 @@ class MoodcatArgs(Schema):
     use_ema: FLAG = False
 
 
+class PretrainedConfig(Schema):
+    """The ``pretrained:`` section: a shipped weights file to score with instead of training."""
+
+    file: optional(TEXT) = None   # e.g. weights/moodcat_cifar10.pt (relative: to the working folder or the checkout)
+
+
 class IqaConfig(Schema):
     """The ``iqa:`` section: LPIPS/DISTS trunks (``pretrained: false`` = random trunks, tests only)."""
 
@@ -133,6 +149,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         "cb_network": Registered(NETWORKS, default_name="moodcat_cb"),
         "cb": Registered(TRAINERS),
         "iqa": IqaConfig,
+        "pretrained": PretrainedConfig,
     }
 
     def __init__(self, config, drop_scorers_hint: str = DROP_HINT):
@@ -164,6 +181,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.training_info: Dict[str, dict] = {}
         self.run_meta: dict = {}
         self.generator = torch.Generator().manual_seed(self._scoring_seed())
+        self.pretrained = self._checked_pretrained()  # a bad file fails here, before any training
 
     def _scoring_seed(self) -> int:
         """Seed of the test-time masks: run seed + offset (+ ``mask_seed`` for another draw)."""
@@ -215,11 +233,66 @@ class MoodcatPostprocessor(BasePostprocessor):
         consistency): the paper's generator and Cb never see the classifier."""
         if self.gan is not None:
             return
-        self.gan, gan_key = self._train_gan(net, id_loader_dict)
-        self._cbs = {variant: self._train_cb(variant, net, id_loader_dict, gan_key)
+        if self.pretrained is not None:
+            self.gan, gan_key = self._pretrained_gan()
+        else:
+            self.gan, gan_key = self._train_gan(net, id_loader_dict)
+        self._cbs = {variant: self._pretrained_cb() if variant == "cb" and self._file_has("cb") else
+                     self._train_cb(variant, net, id_loader_dict, gan_key)
                      for variant in self.scorer_names if variant in CB_SCORERS}
         if net is not None:
             self.scorer_modules = self._build_scorers(self._cbs, net)
+
+    # -- shipped weights -----------------------------------------------------------------------
+    def _checked_pretrained(self) -> Optional[dict]:
+        """The verified contents of ``pretrained.file`` (None without one); one-line errors for a
+        missing, damaged or unlisted file, another benchmark's weights, or EMA scoring."""
+        name = (self.config.get("pretrained") or {}).get("file")
+        if not name:
+            return None
+        path = shipped_weights.locate(name)
+        content = shipped_weights.load_weights(path)
+        benchmark, classes = self.config.dataset.name, self._num_classes()
+        if content["benchmark"] != benchmark or int(content["num_classes"]) != classes:
+            raise ConfigError(f"pretrained weights {path} were trained on {content['benchmark']} "
+                              f"({content['num_classes']} classes), this run is {benchmark} ({classes} classes): use "
+                              f"the file for {benchmark} (see {path.parent / shipped_weights.MANIFEST}) or drop --pretrained")
+        if self.use_ema:
+            raise ConfigError(f"pretrained weights {path} hold no EMA decoder: set postprocessor_args.use_ema=false")
+        return {**content, "path": path, "sha256": shipped_weights.sha256_of(path)}
+
+    def _file_has(self, part: str) -> bool:
+        return self.pretrained is not None and part in self.pretrained["modules"]
+
+    def _pretrained_info(self, *keys: str) -> dict:
+        provenance = self.pretrained["provenance"]
+        return {"pretrained": str(self.pretrained["path"]), "sha256": self.pretrained["sha256"], "cached": True,
+                **{k: provenance[k] for k in keys if provenance.get(k) is not None}}
+
+    def _pretrained_gan(self):
+        """(generator with the file's encoder and decoder, cache identity for Cbs trained on it)."""
+        section = self.pretrained["gan_network"]
+        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
+        gan = NETWORKS.get(section.get("name", "moodcat_gan"))(num_classes=self._num_classes(), **kwargs)
+        for part in ("encoder", "decoder"):
+            load_state_dict_strict(getattr(gan, part), shipped_weights.full(self.pretrained["modules"][part]),
+                                   f"the {part} in {self.pretrained['path']}")
+        gan.decoder_ema.load_state_dict(gan.decoder.state_dict())
+        self.training_info["moodcat_gan"] = self._pretrained_info("images_seen", "gan_steps")
+        gan_key = {"benchmark": self.config.dataset.name, "pretrained_sha256": self.pretrained["sha256"]}
+        return gan.to(self.device).eval().requires_grad_(False), gan_key
+
+    def _pretrained_cb(self) -> torch.nn.Module:
+        section = self.pretrained["cb_network"]
+        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
+        cb = NETWORKS.get(section.get("name", "moodcat_cb"))(num_classes=self._num_classes(), **kwargs)
+        load_state_dict_strict(cb, shipped_weights.full(self.pretrained["modules"]["cb"]),
+                               f"the Cb in {self.pretrained['path']}")
+        info = self._pretrained_info("cb_steps")
+        if self.pretrained["provenance"].get("cb_val_acc") is not None:
+            info["val_acc"] = self.pretrained["provenance"]["cb_val_acc"]
+        self.training_info["moodcat_cb"] = info
+        return cb.to(self.device).eval().requires_grad_(False)
 
     def summary(self) -> str:
         """One short line: scorers, Cb validation accuracy, calibration size, grid folder."""
@@ -244,7 +317,7 @@ class MoodcatPostprocessor(BasePostprocessor):
                                             int(self.config.get("seed", 0)))
         return make_loader(kept if part == "gan" else held_out, self.benchmark.mean, self.benchmark.std,
                            int(section.batch_size), train=True, augment=section.augment, seed=seed,
-                           device=self.device)
+                           device=self.device, shard=distributed.shard())
 
     def _fit(self, trainer, name: str, key: dict, description: str) -> dict:
         folder = run_folder(self.config, f"{self.config.dataset.name}-{name}", key)
@@ -292,6 +365,13 @@ class MoodcatPostprocessor(BasePostprocessor):
         return {"classifier_network": self.config.get("network"), "classifier_trainer": self.config.get("trainer")}
 
     def _train_gan(self, net, id_loader_dict):
+        gan, trainer, key = self.gan_trainer(net, id_loader_dict)
+        self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
+        return gan.eval().requires_grad_(False), key
+
+    def gan_trainer(self, net, id_loader_dict):
+        """(generator, its trainer, its cache key) as ``train`` builds them; the run folder is
+        ``run_folder(config, f"{benchmark}-moodcat_gan", key)`` (e.g. for a time-boxed run)."""
         cfg = self.config
         kwargs = {k: v for k, v in cfg.gan_network.items() if k not in ("name", "checkpoint")}
         torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights independent of what ran before
@@ -304,8 +384,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         key = {**self._gan_key(), **(self._classifier_key() if uses_classifier else {})}
         if self.benchmark is None:  # OpenOOD bridge: the data are not named by a benchmark config
             key["train_data"] = training_data_fingerprint(id_loader_dict["train"])
-        self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
-        return gan.eval().requires_grad_(False), key
+        return gan, trainer, key
 
     def _train_cb(self, variant: str, net, id_loader_dict, gan_key: dict) -> torch.nn.Module:
         cfg = self.config
@@ -328,7 +407,7 @@ class MoodcatPostprocessor(BasePostprocessor):
                 unlabeled = make_loader(outliers, self.mean, self.std,
                                         int(cfg.cb.get("outlier_batch_size", cfg.cb.batch_size)), train=True,
                                         augment=cfg.cb.augment, seed=int(cfg.get("seed", 0)) + 2,
-                                        device=self.device)
+                                        device=self.device, shard=distributed.shard())
         trainer = TRAINERS.get(cfg.cb.name)(cb, loader, self._section_config("cb"), generator=self.gan,
                                             unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"),
                                             classifier=net if cfg.cb.get("synthetic_negatives") else None)

@@ -9,7 +9,8 @@ optimiser, schedule, and the position of every resumable data stream, see
 :func:`moodcat_plugin.training.fit` for atomic checkpoints. Loaders without a position (a plain
 ``DataLoader``, as OpenOOD passes in) still train, but resume at the start of a fresh pass.
 Each trainer declares the keys of its ``trainer:`` section in ``config_schema`` (checked at load,
-see :mod:`moodcat_plugin.schema`).
+see :mod:`moodcat_plugin.schema`). Trainers that train across processes under ``torchrun`` set
+``supports_distributed`` (see :mod:`moodcat_plugin.distributed`); the others refuse to run there.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from tqdm import tqdm
 import torch.nn.functional as F
 from pydantic import ValidationInfo, field_validator
 
+from moodcat_plugin import distributed
+from moodcat_plugin.distributed import convert_batchnorm, data_parallel
+from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.schema import FLAG, TrainerConfig, integer, list_of, number, optional
 
@@ -56,6 +60,8 @@ class BaseTrainer:
 
     uses_outlier_data = False
     config_schema = TrainerConfig
+    #: Trains correctly across processes (sharded streams, global-batch draws, DDP, SyncBatchNorm).
+    supports_distributed = False
 
     def __init__(self, net: nn.Module, train_loader, config):
         self.net = net
@@ -63,6 +69,7 @@ class BaseTrainer:
         self.config = config
         self.device = torch.device(config.device)
         self.num_epochs = int(config.trainer.num_epochs)
+        check_sharded(train_loader)
 
     def modules_to_save(self) -> dict:
         """Named modules whose weights form the trained result (default: the network)."""
@@ -98,6 +105,15 @@ class BaseTrainer:
 
     def train_epoch(self, epoch_idx: int):
         raise NotImplementedError
+
+
+def check_sharded(loader) -> None:
+    """Across N processes a training stream must be this process's shard (ShuffledBatches made
+    with ``shard=distributed.shard()``); anything else would train every process on the same data."""
+    world = distributed.world_size()
+    if world > 1 and getattr(loader, "world", 1) != world:
+        raise ConfigError(f"training across {world} processes needs each process's shard of every training stream "
+                          f"(make_loader(..., shard=distributed.shard())), got {type(loader).__name__}")
 
 
 def endless(loader):
@@ -180,14 +196,17 @@ def batch_to(batch: dict, device: torch.device):
 
 @register_trainer("base")
 class ClassifierTrainer(BaseTrainer):
-    """Plain cross-entropy classifier training (OpenOOD's default recipe)."""
+    """Plain cross-entropy classifier training (OpenOOD's default recipe). Across processes: the
+    network's BatchNorms synchronised over the global batch, gradients averaged by DDP."""
 
     config_schema = SGDConfig
+    supports_distributed = True
 
     def __init__(self, net, train_loader, config):
         super().__init__(net, train_loader, config)
         total = self.num_epochs * self.steps_per_epoch()
         self.optimizer, self.scheduler = sgd_with_cosine(net.parameters(), config.trainer, total)
+        self.model = data_parallel(convert_batchnorm(net, self.device), self.device)  # net itself in one process
 
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer, "scheduler": self.scheduler}
@@ -200,7 +219,7 @@ class ClassifierTrainer(BaseTrainer):
         total_loss, total_seen = 0.0, 0
         for batch in self.progress(self.train_loader, f"epoch {epoch_idx}"):
             data, labels = batch_to(batch, self.device)
-            loss = self.loss(self.net(data), labels, batch)
+            loss = self.loss(self.model(data), labels, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -27,6 +27,10 @@ problem (0.5, 0.999) converged more smoothly than (0, 0.999). One "epoch" is
 ``steps_per_epoch`` steps (loaders are cycled). Per epoch: ``loss``, ``train_acc`` (binary
 accuracy on the labelled pairs, logit > 0 = mismatch) and ``val_acc`` on ``val_loader`` (one
 positive and one negative per image, fixed masks and wrong labels so epochs are comparable).
+
+Speed options (off by default; the ``gpu`` profile turns them on): ``amp`` (the frozen
+generator's synthesis and Cb's forward under autocast, the hinge loss in fp32) and
+``fused_optimizer``, see :mod:`moodcat_plugin.trainers.speed`.
 """
 from __future__ import annotations
 
@@ -41,13 +45,18 @@ from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES, 
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.data.loaders import AUGMENT_LIST
+from moodcat_plugin.distributed import data_parallel, shard
+from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.moodcat.synthetic_outliers import SYNTHETIC_OUTLIERS
 from moodcat_plugin.schema import FLAG, choice, integer, list_of, number
-from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, endless
+from moodcat_plugin.trainers.base_trainer import (ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, check_sharded,
+                                                  endless)
+from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, MixedPrecision, adam
 
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
-            "train_area": TEST_AREA, "use_ema": False, "synthetic_negatives": (), "outlier_label": "wrong"}
+            "train_area": TEST_AREA, "use_ema": False, "synthetic_negatives": (), "outlier_label": "wrong",
+            **SPEED_DEFAULTS}
 
 
 class MoodcatCbConfig(StepTrainerConfig):
@@ -62,6 +71,8 @@ class MoodcatCbConfig(StepTrainerConfig):
     augment: AUGMENT_LIST = ("flip",)
     synthetic_negatives: list_of(choice(*SYNTHETIC_OUTLIERS)) = ()   # variant: OOD-like negatives from ID images
     outlier_label: choice("wrong", "predicted") = DEFAULTS["outlier_label"]  # Cb(ext) outliers' condition
+    amp: AMP = DEFAULTS["amp"]                                          # off | bf16 | fp16
+    fused_optimizer: FLAG = DEFAULTS["fused_optimizer"]
 
 
 def hinge_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
@@ -81,7 +92,8 @@ class MoodcatCbTrainer(StepTrainer):
 
     config_schema = MoodcatCbConfig
     #: settings left out of the cache key at these values (see training.run_identity)
-    neutral_settings = {"synthetic_negatives": [], "outlier_label": "wrong"}
+    neutral_settings = {"synthetic_negatives": [], "outlier_label": "wrong", **SPEED_NEUTRAL}
+    supports_distributed = True
 
     def __init__(self, net: ConditionalBinaryClassifier, train_loader, config, generator: MoodcatGAN,
                  unlabeled_loader=None, val_loader=None, classifier: Optional[torch.nn.Module] = None):
@@ -89,6 +101,10 @@ class MoodcatCbTrainer(StepTrainer):
         self.args = {**DEFAULTS, **config.trainer}
         if self.args["synthetic_negatives"] and classifier is None:
             raise ValueError("synthetic_negatives are conditioned on the classifier's prediction: pass classifier=")
+        self.shard = shard()
+        if self.args["synthetic_negatives"] and self.shard[1] > 1:
+            raise ConfigError("cb.synthetic_negatives is not supported across processes (its images are drawn per "
+                              "process, not per global batch): run it in one process or set cb.synthetic_negatives=[]")
         self.classifier = classifier.eval() if classifier is not None else None
         net.to(memory_format=torch.channels_last)  # faster on CPU; values unchanged
         self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
@@ -96,13 +112,26 @@ class MoodcatCbTrainer(StepTrainer):
         self.generator = generator.eval().requires_grad_(False)
         self.unlabeled_loader = unlabeled_loader
         self.val_loader = val_loader
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=float(self.args["lr"]),
-                                          betas=tuple(float(b) for b in self.args["betas"]))
+        self.optimizer = adam(net.parameters(), self.args["lr"], self.args["betas"], bool(self.args["fused_optimizer"]))
+        self.precision = MixedPrecision(self.args["amp"], self.device)
+        if unlabeled_loader is not None:
+            check_sharded(unlabeled_loader)
         self._unlabeled_batches = endless(unlabeled_loader) if unlabeled_loader else None
+        self.model = data_parallel(net, self.device)  # net itself in one process
 
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.precision.scaler is not None:
+            state["grad_scaler"] = self.precision.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.precision.load_state_dict(state.get("grad_scaler"))
 
     def data_streams(self) -> dict:
         streams = super().data_streams()
@@ -118,15 +147,28 @@ class MoodcatCbTrainer(StepTrainer):
     def synthesize(self, x: torch.Tensor, labels: torch.Tensor,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Frozen-G synthesis ``[B,3,32,32]`` of ``x`` masked (config style/area) given labels."""
-        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator)
+        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator,
+                            shard=self.shard)
         return self.generator.synthesize_from_masked(masked, labels, use_ema=bool(self.args["use_ema"]))
+
+    def mismatched(self, labels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """:func:`mismatched_labels` of ``labels`` ``[B]``; across processes drawn for the global
+        batch (this rank's labels at its rows) and this rank's rows kept."""
+        rank, world = self.shard
+        if world == 1:
+            return mismatched_labels(labels, self.num_classes, generator)
+        rows = slice(rank * len(labels), (rank + 1) * len(labels))
+        padded = labels.new_zeros(world * len(labels))
+        padded[rows] = labels
+        return mismatched_labels(padded, self.num_classes, generator)[rows]
 
     def labelled_pairs(self, x: torch.Tensor, y: torch.Tensor,
                        generator: Optional[torch.Generator] = None):
         """(x2, synth, cond, is_negative) for one positive and one negative per image; both
         members of a pair share the same mask. Shapes ``[2B,...]``; first half positives."""
-        wrong = mismatched_labels(y, self.num_classes, generator)
-        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator)
+        wrong = self.mismatched(y, generator)
+        masked = apply_mask(x, self.args["mask_style"], area=tuple(self.args["train_area"]), generator=generator,
+                            shard=self.shard)
         cond = torch.cat([y, wrong])
         synth = self.generator.synthesize_from_masked(torch.cat([masked, masked]), cond,
                                                       use_ema=bool(self.args["use_ema"]))
@@ -138,7 +180,7 @@ class MoodcatCbTrainer(StepTrainer):
         a label != the pseudo-label (``outlier_label: wrong``, paper) or the pseudo-label itself,
         the classifier's prediction, as the test conditions OOD inputs (``predicted``, variant)."""
         x_u, pseudo = self.images_and_labels(batch)
-        condition = pseudo if self.args["outlier_label"] == "predicted" else mismatched_labels(pseudo, self.num_classes)
+        condition = pseudo if self.args["outlier_label"] == "predicted" else self.mismatched(pseudo)
         return x_u, self.synthesize(x_u, condition), condition
 
     @torch.no_grad()
@@ -162,20 +204,22 @@ class MoodcatCbTrainer(StepTrainer):
         """One Adam step on a labelled batch (+ an unlabeled batch for Cb(ext))."""
         self.net.train()
         x, y = self.images_and_labels(next(self.batches))
-        images, synth, cond, is_negative = self.labelled_pairs(x, y)
-        extra = []
-        if self.args["synthetic_negatives"]:
-            extra.append(self.synthetic_negative_pairs(x, y))
-        if self._unlabeled_batches is not None:
-            extra.append(self.unlabeled_negative_pairs(next(self._unlabeled_batches)))
-        for x_neg, synth_neg, cond_neg in extra:
-            images, synth, cond = torch.cat([images, x_neg]), torch.cat([synth, synth_neg]), torch.cat([cond, cond_neg])
-            is_negative = torch.cat([is_negative, torch.ones_like(cond_neg, dtype=torch.bool)])
-        logits = self.net(images, synth, cond)
+        with self.precision.autocast():
+            images, synth, cond, is_negative = self.labelled_pairs(x, y)
+            extra = []
+            if self.args["synthetic_negatives"]:
+                extra.append(self.synthetic_negative_pairs(x, y))
+            if self._unlabeled_batches is not None:
+                extra.append(self.unlabeled_negative_pairs(next(self._unlabeled_batches)))
+            for x_neg, synth_neg, cond_neg in extra:
+                images, synth, cond = torch.cat([images, x_neg]), torch.cat([synth, synth_neg]), torch.cat([cond, cond_neg])
+                is_negative = torch.cat([is_negative, torch.ones_like(cond_neg, dtype=torch.bool)])
+            logits = self.precision.full(self.model(images, synth, cond))
         loss = hinge_loss(logits[~is_negative], logits[is_negative])
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.precision.backward(loss)
+        self.precision.step(self.optimizer)
+        self.precision.update()
         self.step += 1
         labelled = logits[: 2 * len(y)].detach()
         correct, total = binary_accuracy(labelled[: len(y)], labelled[len(y):])

@@ -30,6 +30,14 @@ Optimisers: Adam, betas (0, 0.999), ``lr_g`` (5e-5) for encoder+decoder, ``lr_d`
 discriminator, fp32. One "epoch" is ``steps_per_epoch`` steps (the loader is cycled), so
 :func:`moodcat_plugin.training.fit` checkpoints every ``steps_per_epoch`` steps and resumes there.
 
+Speed options (off by default; the ``gpu`` profile turns them on): ``amp`` and
+``fused_optimizer`` (:mod:`moodcat_plugin.trainers.speed`), and ``concat_d_forward``: the
+discriminator step runs ONE forward over ``[x; x'; mix]`` (labels repeated) instead of one per
+input, as the U-Net GAN reference does. The discriminator has no batch statistics, so only two
+things change: each spectral-norm layer runs its power iteration once per discriminator update
+instead of once per forward (2-3 times), and convolutions see a 2-3x larger batch (other rounding).
+On a GPU it divides the discriminator step's kernel launches by 2-3, which bound the step.
+
 Outputs under ``run_dir`` (set by ``fit``): ``losses.csv`` (one row per step), ``tb/``
 (TensorBoard, every ``log_every`` steps, when ``torch.utils.tensorboard`` imports) and
 ``samples/step_XXXXXX.png`` every ``sample_every`` steps (rows: input, masked, synthesis
@@ -41,7 +49,7 @@ import csv
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import piq
 import torch
@@ -51,9 +59,11 @@ from moodcat_plugin.moodcat.images import class_name, from_signed_unit, save_lab
 from moodcat_plugin.moodcat.masking import TRAIN_AREA, TEST_AREA, VALID_STYLES, apply_mask, box_mask
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.data.loaders import AUGMENT_LIST
+from moodcat_plugin.distributed import convert_batchnorm, data_parallel, global_mean, local_rows, shard
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.schema import FLAG, choice, integer, number, optional
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
+from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, MixedPrecision, adam
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +79,11 @@ DEFAULTS = {
     "steps_per_epoch": None, "lr_g": 5e-5, "lr_d": 2e-4, "betas": (0.0, 0.999), "kl_weight": 2.0,
     "ssim_weight": 5.0, "mse_weight": 3.0, "l1_weight": 2.0, "cutmix": True,
     "cutmix_warmup_epochs": 200, "ema_decay": None, "sample_every": 500, "log_every": 50,
-    "class_consistency_weight": 0.0, "mask_style": "random_rectangle",
+    "class_consistency_weight": 0.0, "mask_style": "random_rectangle", **SPEED_DEFAULTS,
+    "concat_d_forward": False,
 }
+#: The GAN trainer's speed options at their neutral defaults (dropped from cache keys at these values).
+GAN_SPEED_DEFAULTS = {**SPEED_DEFAULTS, "concat_d_forward": False}
 
 
 class MoodcatGANConfig(StepTrainerConfig):
@@ -92,6 +105,9 @@ class MoodcatGANConfig(StepTrainerConfig):
     holdout_for_cb: number(ge=0, lt=1) = 0.0
     class_consistency_weight: number(ge=0) = DEFAULTS["class_consistency_weight"]
     mask_style: choice(*VALID_STYLES) = DEFAULTS["mask_style"]   # training mask; 'none' = the paper's w/o-mask row
+    amp: AMP = DEFAULTS["amp"]                                          # off | bf16 | fp16
+    fused_optimizer: FLAG = DEFAULTS["fused_optimizer"]
+    concat_d_forward: FLAG = DEFAULTS["concat_d_forward"]
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -100,10 +116,11 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 
 
 def ssim_signed(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Batch-mean SSIM of two image batches in [-1,1] (piq, Gaussian 11/1.5, via [0,1])."""
+    """Batch-mean SSIM of two image batches in [-1,1] (piq, Gaussian 11/1.5, via [0,1]); across
+    processes the mean over the global batch (the loss takes its log, so it is no per-sample mean)."""
     to_unit = lambda images: ((images + 1.0) * 0.5).clamp(0.0, 1.0)  # noqa: E731
-    return piq.ssim(to_unit(fake), to_unit(real), kernel_size=SSIM_KERNEL_SIZE,
-                    kernel_sigma=SSIM_KERNEL_SIGMA, data_range=1.0, reduction="mean")
+    return global_mean(piq.ssim(to_unit(fake), to_unit(real), kernel_size=SSIM_KERNEL_SIZE,
+                                kernel_sigma=SSIM_KERNEL_SIGMA, data_range=1.0, reduction="none"))
 
 
 def reconstruction_losses(fake: torch.Tensor, real: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -120,16 +137,33 @@ def bce(logits: torch.Tensor, target) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def random_cutmix_masks(batch: int, size: int, device: torch.device) -> torch.Tensor:
+def random_cutmix_masks(batch: int, size: int, device: torch.device, shard: Tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Float ``[B,1,size,size]`` masks, 1 = take the REAL image: a random box (area U(0,1))
-    that is the real or the fake region with probability 1/2 each (U-Net GAN CutMix)."""
-    area = torch.rand(batch, device=device)
+    that is the real or the fake region with probability 1/2 each (U-Net GAN CutMix).
+    ``shard``: drawn for the global batch, this rank's rows kept (:mod:`moodcat_plugin.distributed`)."""
+    def uniform() -> torch.Tensor:
+        return local_rows(torch.rand(batch * shard[1], device=device), shard)
+
+    area = uniform()
     side = (area.sqrt() * size).round().long().clamp(1, size)
-    top = (torch.rand(batch, device=device) * (size - side + 1)).long()
-    left = (torch.rand(batch, device=device) * (size - side + 1)).long()
+    top = (uniform() * (size - side + 1)).long()
+    left = (uniform() * (size - side + 1)).long()
     inside = box_mask(size, size, top, left, side, side).float()
-    flip = (torch.rand(batch, device=device) < 0.5).float()[:, None, None]
+    flip = (uniform() < 0.5).float()[:, None, None]
     return (flip * inside + (1 - flip) * (1 - inside))[:, None]
+
+
+class GeneratorForward(torch.nn.Module):
+    """The trained generator path as one module (so DistributedDataParallel can wrap it):
+    masked ``[B,3,32,32]``, y ``[B]``, noise (or None) -> (x' ``[B,3,32,32]``, mu, logvar)."""
+
+    def __init__(self, gan: MoodcatGAN):
+        super().__init__()
+        self.encoder, self.decoder = gan.encoder, gan.decoder
+
+    def forward(self, masked: torch.Tensor, y: torch.Tensor, noise: Optional[torch.Tensor] = None):
+        z, mu, logvar = self.encoder(masked, noise=noise)
+        return self.decoder(z, y), mu, logvar
 
 
 @register_trainer("moodcat_gan")
@@ -138,16 +172,26 @@ class MoodcatGANTrainer(StepTrainer):
 
     config_schema = MoodcatGANConfig
     #: settings left out of the cache key at these values (see training.run_identity)
-    neutral_settings = {"class_consistency_weight": 0.0, "holdout_for_cb": 0.0, "mask_style": "random_rectangle"}
+    neutral_settings = {"class_consistency_weight": 0.0, "holdout_for_cb": 0.0, "mask_style": "random_rectangle",
+                        **SPEED_NEUTRAL, "concat_d_forward": False}
+    supports_distributed = True
 
     def __init__(self, net: MoodcatGAN, train_loader, config, classifier: Optional[torch.nn.Module] = None):
         super().__init__(net, train_loader, config)
         self.args = {**DEFAULTS, **config.trainer}
+        # across processes: BatchNorm over the global batch, gradients averaged by DDP; the G step
+        # calls the bare discriminator (frozen there, so DDP expects no gradients from it)
+        self.shard = shard()
+        convert_batchnorm(net.encoder, self.device)
+        convert_batchnorm(net.decoder, self.device)
+        self.generator = data_parallel(GeneratorForward(net), self.device)
+        self.discriminator = data_parallel(net.discriminator, self.device)
         self.classifier = self._frozen_classifier(classifier)
         self.mean, self.std = config.dataset.normalization.mean, config.dataset.normalization.std
-        betas = tuple(float(b) for b in self.args["betas"])
-        self.opt_g = torch.optim.Adam(net.generator_parameters(), lr=float(self.args["lr_g"]), betas=betas)
-        self.opt_d = torch.optim.Adam(net.discriminator.parameters(), lr=float(self.args["lr_d"]), betas=betas)
+        fused = bool(self.args["fused_optimizer"])
+        self.opt_g = adam(net.generator_parameters(), self.args["lr_g"], self.args["betas"], fused)
+        self.opt_d = adam(net.discriminator.parameters(), self.args["lr_d"], self.args["betas"], fused)
+        self.precision = MixedPrecision(self.args["amp"], self.device)
         self.run_dir: Optional[Path] = None
         self._sample_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self._tb = None
@@ -164,6 +208,16 @@ class MoodcatGANTrainer(StepTrainer):
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.precision.scaler is not None:
+            state["grad_scaler"] = self.precision.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.precision.load_state_dict(state.get("grad_scaler"))
 
     # -- data ----------------------------------------------------------------------------------
     def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -187,19 +241,36 @@ class MoodcatGANTrainer(StepTrainer):
         return 0.5 if warmup <= 0 else 0.5 * min(1.0, epoch_idx / warmup)
 
     # -- losses --------------------------------------------------------------------------------
+    def discriminate(self, images: torch.Tensor, y: torch.Tensor,
+                     frozen: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's (bottleneck ``[B]``, pixel ``[B,1,32,32]``) logits, under ``amp``, in
+        fp32. ``frozen`` (the generator step): the bare module, not its DDP wrapper."""
+        module = self.net.discriminator if frozen else self.discriminator
+        with self.precision.autocast():
+            bottleneck, pixels = module(images, self.net.discriminator_labels(y))
+        return self.precision.full(bottleneck), self.precision.full(pixels)
+
+    def discriminate_each(self, images: List[torch.Tensor], y: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Discriminator logits of each image batch in ``images`` (all conditioned on ``y``): one
+        forward per batch, or one over their concatenation with ``concat_d_forward``."""
+        if not self.args["concat_d_forward"]:
+            return [self.discriminate(batch, y) for batch in images]
+        bottleneck, pixels = self.discriminate(torch.cat(images), y.repeat(len(images)))
+        return list(zip(bottleneck.chunk(len(images)), pixels.chunk(len(images))))
+
     def discriminator_loss(self, x, fake, y, use_cutmix: bool) -> Dict[str, torch.Tensor]:
         """U-Net discriminator BCE on both heads (+ CutMix term); ``fake`` must be detached."""
-        gan = self.net
-        real_b, real_p = gan.discriminate(x, y)
-        fake_b, fake_p = gan.discriminate(fake, y)
+        images = [x, fake]
+        if use_cutmix:
+            mask = random_cutmix_masks(x.shape[0], x.shape[-1], x.device, self.shard)
+            images.append(mask * x + (1 - mask) * fake)
+        (real_b, real_p), (fake_b, fake_p), *mix = self.discriminate_each(images, y)
         real = bce(real_b, 1) + bce(real_p, 1)
         fake_term = bce(fake_b, 0) + bce(fake_p, 0)
         loss = 0.5 * real + 0.5 * fake_term
         cutmix = torch.zeros((), device=x.device)
         if use_cutmix:
-            mask = random_cutmix_masks(x.shape[0], x.shape[-1], x.device)
-            mixed = mask * x + (1 - mask) * fake
-            mix_b, mix_p = gan.discriminate(mixed, y)
+            (mix_b, mix_p), = mix
             target_p = mask.expand_as(mix_p)
             consistency = F.mse_loss(mix_p, mask * real_p.detach() + (1 - mask) * fake_p.detach())
             cutmix = 0.5 * bce(mix_b, 0) + 0.5 * bce(mix_p, target_p) + consistency
@@ -209,7 +280,7 @@ class MoodcatGANTrainer(StepTrainer):
     def generator_loss(self, x, fake, y, mu, logvar) -> Dict[str, torch.Tensor]:
         """Adversarial (both heads) + KL + SSIM/MSE/L1 reconstruction of the unmasked ``x``."""
         a = self.args
-        fake_b, fake_p = self.net.discriminate(fake, y)
+        fake_b, fake_p = self.discriminate(fake, y, frozen=True)
         adv = 0.5 * bce(fake_b, 1) + 0.5 * bce(fake_p, 1)
         kl = kl_to_standard_normal(mu, logvar)
         rec = reconstruction_losses(fake, x)
@@ -235,28 +306,40 @@ class MoodcatGANTrainer(StepTrainer):
         gan.encoder.train()
         gan.decoder.train()
         gan.discriminator.train()
-        masked = apply_mask(x, self.args["mask_style"], area=TRAIN_AREA)
-        z, mu, logvar = gan.encoder(masked)
-        fake = gan.decoder(z, y)
+        masked = apply_mask(x, self.args["mask_style"], area=TRAIN_AREA, shard=self.shard)
+        with self.precision.autocast():
+            fake, mu, logvar = self.generator(masked, y, self.latent_noise(len(x)))
+        fake, mu, logvar = (self.precision.full(t) for t in (fake, mu, logvar))
 
         use_cutmix = bool(torch.rand(()) < self.cutmix_probability(epoch_idx))
         d_losses = self.discriminator_loss(x, fake.detach(), y, use_cutmix)
         self.opt_d.zero_grad(set_to_none=True)
-        d_losses["d_loss"].backward()
-        self.opt_d.step()
+        self.precision.backward(d_losses["d_loss"])
+        self.precision.step(self.opt_d)
 
         gan.discriminator.requires_grad_(False)
         try:
             g_losses = self.generator_loss(x, fake, y, mu, logvar)
             self.opt_g.zero_grad(set_to_none=True)
-            g_losses["g_loss"].backward()
-            self.opt_g.step()
+            self.precision.backward(g_losses["g_loss"])
+            self.precision.step(self.opt_g)
         finally:
             gan.discriminator.requires_grad_(True)
+        self.precision.update()
         self.update_ema()
         self.step += 1
-        values = {k: float(v.detach()) for k, v in {**d_losses, **g_losses}.items()}
+        losses = {**d_losses, **g_losses}
+        values = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))  # one device sync
         return {"step": self.step, "epoch": epoch_idx, "cutmix_used": int(use_cutmix), **values}
+
+    def latent_noise(self, batch: int) -> Optional[torch.Tensor]:
+        """The encoder's reparameterisation noise ``[B, latent]`` for this rank's rows of the global
+        batch across processes; None in one process (the encoder draws it, as it always did)."""
+        if self.shard[1] == 1:
+            return None
+        dtype = self.net.encoder.mu_head.weight.dtype
+        return local_rows(torch.randn(batch * self.shard[1], self.net.encoder.latent_dim, device=self.device,
+                                      dtype=dtype), self.shard)
 
     def update_ema(self) -> None:
         decay = self.args["ema_decay"]

@@ -1,0 +1,149 @@
+"""Issue 10: shipped MOODCAT weights (fp16 encoder + decoder + Cb) that score with one CLI option,
+checked by sha256 before anything trains; and torchrun's rank 0 evaluation equals one process's."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from moodcat_plugin.cli import main
+from moodcat_plugin.config import Config, merge
+from moodcat_plugin.errors import ConfigError
+from moodcat_plugin.moodcat.weights import MANIFEST, export_weights, find_cb_run, sha256_of
+from moodcat_plugin.pipeline import Runner, build_config, method_config, pretrained_flags
+from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
+
+ROOT = Path(__file__).resolve().parents[1]
+CB_ONLY = "postprocessors.moodcat.postprocessor.postprocessor_args.scorers=[cb]"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A weights file exported from a freshly trained tiny demo GAN + Cb (what the lead ships for CIFAR)."""
+    root = tmp_path_factory.mktemp("weights")
+    config = build_config("demo", ["moodcat"], "tiny", overrides=[CB_ONLY], flags={
+        "output_dir": str(root / "train"), "device": "cpu", "progress": False})
+    Runner(config).train_method("moodcat")
+    gan_run = next((root / "train" / "checkpoints").glob("demo-moodcat_gan-*"))
+    entry = export_weights(gan_run, root / "shipped" / "moodcat_demo.pt", cb=find_cb_run(gan_run),
+                           notes={"device": "test"})
+    return root / "shipped" / "moodcat_demo.pt", entry
+
+
+def _classifier(weights: Path) -> Path:
+    """The state dict of the classifier trained beside the tiny weights (so the CLI tests train nothing)."""
+    path = weights.parents[1] / "classifier.pt"
+    if not path.is_file():
+        final = next((weights.parents[1] / "train" / "checkpoints").glob("demo-base-*")) / "final.ckpt"
+        torch.save(torch.load(final, weights_only=True)["modules"]["net"], path)
+    return path
+
+
+def _cli(out: Path, weights: Path, *extra: str) -> int:
+    return main(["-p", "moodcat", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress",
+                 "--output-dir", str(out), "--set", CB_ONLY, "--pretrained", str(weights), *extra])
+
+
+def test_exported_file_is_small_fp16_and_listed_in_the_manifest(tiny_weights):
+    path, entry = tiny_weights
+    content = torch.load(path, weights_only=True)
+    assert set(content["modules"]) == {"encoder", "decoder", "cb"}  # no discriminator, no EMA decoder
+    floats = [t for part in content["modules"].values() for t in part.values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float16 for t in floats)
+    manifest = json.loads((path.parent / MANIFEST).read_text())
+    assert manifest["files"][path.name]["sha256"] == sha256_of(path) == entry["sha256"]
+    assert entry["images_seen"] == entry["gan_steps"] * entry["gan_batch_size"] > 0 and entry["device"] == "test"
+    assert "status" not in manifest  # the placeholder sentence is gone once a file is listed
+
+
+def test_pretrained_option_scores_without_training_the_generator_or_cb(tiny_weights, tmp_path, capsys):
+    path, entry = tiny_weights
+    out = tmp_path / "out"
+    assert _cli(out, path, "--set", f"network.checkpoint={_classifier(path)}") == 0
+    assert "# Leaderboard: demo" in capsys.readouterr().out
+    assert not list((out / "checkpoints").iterdir())  # nothing trained: no generator, no Cb (nor classifier)
+    meta = json.loads((out / "demo" / "scores" / "moodcat" / "meta.json").read_text())
+    assert meta["training"]["moodcat_gan"]["sha256"] == entry["sha256"]
+    assert meta["training"]["moodcat_cb"]["pretrained"] == str(path)
+    scores = {name: len(torch.from_numpy(__import__("numpy").load(out / "demo" / "scores" / "moodcat" / name)["conf"]))
+              for name in ("id_test.npz", "digits_6to9.npz")}
+    assert all(count > 0 for count in scores.values())
+
+
+def test_damaged_weights_file_is_a_one_line_error_before_training(tiny_weights, tmp_path, capsys):
+    path, _ = tiny_weights
+    shipped = tmp_path / "shipped"
+    shutil.copytree(path.parent, shipped)
+    damaged = shipped / path.name
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert _cli(out, damaged) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: pretrained weights") and "\n" not in err
+    assert str(damaged) in err and "do not match the sha256" in err and "export_moodcat_weights.py" in err
+    assert not list((out / "checkpoints").glob("*"))  # nothing trained, not even the classifier
+
+
+def test_unlisted_or_foreign_weights_are_refused(tiny_weights, tmp_path, capsys):
+    path, _ = tiny_weights
+    unlisted = tmp_path / "copy.pt"
+    shutil.copy(path, unlisted)
+    assert _cli(tmp_path / "a", unlisted) == 2
+    assert "have no sha256" in capsys.readouterr().err
+    # weights of another benchmark (checked when the method is built, before data or training)
+    config = build_config("cifar10", ["moodcat"], "tiny", overrides=[CB_ONLY], flags={"device": "cpu"},
+                          config_root=ROOT / "configs")
+    config = merge(config, {"postprocessors": pretrained_flags(["moodcat"], str(path), ROOT / "configs")})
+    with pytest.raises(ConfigError, match=r"were trained on demo \(6 classes\), this run is cifar10 \(10 classes\)"):
+        MoodcatPostprocessor(method_config(Config(config), "moodcat"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_leaderboard_equals_one_process_leaderboard(tiny_weights, tmp_path):
+    """Rank 0 evaluates alone with the one-process evaluator: with the same models (shipped
+    weights, the same classifier checkpoint) the leaderboards are identical, and the other rank
+    writes nothing."""
+    path, _ = tiny_weights
+    classifier = _classifier(path)
+    common = ["-p", "moodcat", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress", "--set", CB_ONLY,
+              "--set", f"network.checkpoint={classifier}", "--pretrained", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "scripts" / "run_benchmark.py")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", script, *common, "--output-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main([*common, "--output-dir", str(tmp_path / "one")]) == 0
+    board = lambda folder: json.loads((folder / "demo" / "leaderboard.json").read_text())  # noqa: E731
+    assert board(tmp_path / "two") == board(tmp_path / "one")
+
+
+def test_generator_only_file_trains_cb_on_it_and_exports_with_that_cb(tiny_weights, tmp_path):
+    """The GPU check's flow: a generator snapshot without Cb; scoring trains Cb on the loaded
+    generator (cached under the file's sha256), and the export joins the two into one file."""
+    path, _ = tiny_weights
+    gan_run = next((path.parents[1] / "train" / "checkpoints").glob("demo-moodcat_gan-*"))
+    snapshot = tmp_path / "snapshots" / "gan_only.pt"
+    export_weights(gan_run, snapshot)
+    assert set(torch.load(snapshot, weights_only=True)["modules"]) == {"encoder", "decoder"}
+    config = build_config("demo", ["moodcat"], "tiny", overrides=[CB_ONLY, f"network.checkpoint={_classifier(path)}"],
+                          flags={"output_dir": str(tmp_path / "out"), "device": "cpu", "progress": False})
+    config = merge(config, {"postprocessors": pretrained_flags(["moodcat"], str(snapshot), ROOT / "configs")})
+    Runner(Config(config)).train_method("moodcat")
+    trained = [folder.name.rsplit("-", 1)[0] for folder in (tmp_path / "out" / "checkpoints").iterdir()]
+    assert trained == ["demo-moodcat_cb"]  # the Cb only: the generator came from the file
+    cb_run = find_cb_run(snapshot, tmp_path / "out" / "checkpoints")
+    entry = export_weights(snapshot, tmp_path / "shipped" / "moodcat_demo.pt", cb=cb_run)
+    assert entry["parts"] == ["cb", "decoder", "encoder"] and entry["images_seen"] > 0 and "cb_val_acc" in entry
