@@ -180,10 +180,13 @@ def curves_table(size_name: str, batch: int, device: torch.device, variants, ste
     return "\n".join(lines)
 
 
-def schedule(rate: float, device: torch.device) -> str:
-    """The paper's GAN schedule at ``rate`` images/s, in GPU-hours or CPU-days."""
-    seconds = PAPER_STEPS * PAPER_BATCH / rate
-    return f"{seconds / 3600:.1f} GPU-h" if device.type == "cuda" else f"{seconds / 86400:.0f} CPU-days"
+def schedule(rate: dict, device: torch.device) -> str:
+    """The paper's GAN schedule at the wall ``rate`` in GPU-hours, or on CPU in days (wall; in
+    brackets at the process-CPU-time rate, i.e. on dedicated cores)."""
+    images = PAPER_STEPS * PAPER_BATCH
+    if device.type == "cuda":
+        return f"{images / rate['wall'] / 3600:.1f} GPU-h"
+    return f"{images / rate['wall'] / 86400:,.0f} days ({images / rate['cpu'] / 86400:,.0f})"
 
 
 def count_macs(fn) -> float:
@@ -281,7 +284,8 @@ def main(argv=None) -> None:
     header = ["size", "options", "GAN train", "paper schedule", "Cb train", "scoring E+D+Cb"]
     if not args.only_curves:
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
-    fmt = lambda rate: f"{rate['wall']:,.0f} ({rate['cpu']:,.0f})"  # noqa: E731
+    number = lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.3g}"  # noqa: E731
+    fmt = lambda rate: f"{number(rate['wall'])} ({number(rate['cpu'])})"  # noqa: E731
     for name in [] if args.only_curves else args.sizes:
         size = SIZES[name]
         scoring = fmt(scoring_rate(size, batch, device, max(steps, 5), warmup))
@@ -289,7 +293,7 @@ def main(argv=None) -> None:
         for variant in variants:
             gan = gan_rate(size, batch, device, variant_options(variant, "gan"), steps, warmup)
             cb = cb_rate(size, batch, device, variant_options(variant, "cb"), steps, warmup)
-            print(f"| {label} | {variant} | {fmt(gan)} | {schedule(gan['wall'], device)} | {fmt(cb)} | {scoring} |",
+            print(f"| {label} | {variant} | {fmt(gan)} | {schedule(gan, device)} | {fmt(cb)} | {scoring} |",
                   flush=True)
             if cuda:
                 torch.cuda.empty_cache()
