@@ -18,7 +18,7 @@ from moodcat_plugin.pipeline import Runner, build_network, method_config
 from moodcat_plugin.registry import TRAINERS
 from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
 from moodcat_plugin.trainers.moodcat_gan_trainer import MoodcatGANTrainer
-from moodcat_plugin.training import fit, run_folder
+from moodcat_plugin.training import TrainingDivergedError, fit, run_folder
 from moodcat_plugin.utils import load_checkpoint
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -223,6 +223,22 @@ def test_diverging_training_stops_and_caches_nothing(tmp_path, capsys):
         if (d / "history.json").exists():
             json.loads((d / "history.json").read_text())  # valid JSON, no NaN
     assert main(common) == 0  # the folder of the diverged run breaks nothing
+
+
+def test_gan_with_exploding_discriminator_stops_and_saves_nothing(demo_sets, tmp_path):
+    """A U-Net discriminator whose logits blow up (seen on CIFAR-100: real+fake BCE in the
+    thousands while every loss stays finite) stops the run; the bad epoch is never checkpointed."""
+    trainer = _gan_trainer(demo_sets["digits_train"])
+    healthy = trainer.discriminator_loss
+
+    def exploding(x, fake, y, use_cutmix):
+        losses = healthy(x, fake, y, use_cutmix)
+        return {**losses, "d_fake": losses["d_fake"] + 5000.0}
+
+    trainer.discriminator_loss = exploding
+    with pytest.raises(TrainingDivergedError, match="discriminator .* diverged in epoch 1"):
+        fit(trainer, tmp_path / "gan", progress=False)
+    assert not (tmp_path / "gan" / "last.ckpt").exists() and not (tmp_path / "gan" / "final.ckpt").exists()
 
 
 def test_cache_key_includes_cpu_threads(make_config):

@@ -64,6 +64,7 @@ from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.schema import FLAG, choice, integer, number, optional
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
 from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, MixedPrecision, adam
+from moodcat_plugin.training import TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,12 @@ SAMPLE_IMAGES = 8
 SAMPLE_MASK_SEED = 1234
 LOSS_COLUMNS = ("step", "epoch", "d_loss", "d_real", "d_fake", "d_cutmix", "cutmix_used",
                 "g_loss", "g_adv", "kl", "ssim", "mse", "l1", "recon")
-EPOCH_MEANS = ("d_loss", "g_loss", "g_adv", "kl", "ssim", "mse", "l1", "recon", "class_consistency")
+#: Mean real+fake discriminator BCE (both heads) over an epoch above which the run has diverged.
+#: Healthy runs stay below ~10 per STEP (chance is 2.8; CIFAR-10 cpu profile, 1,000 steps: max
+#: 9.4); the CIFAR-100 cpu run that diverged had epoch means of 2,000-300,000 from step ~260 on,
+#: with U-Net decoder activations growing ~10x per up-block to pixel logits of 1e4-1e6.
+DIVERGED_D_BCE = 100.0
+EPOCH_MEANS = ("d_loss", "d_real", "d_fake", "g_loss", "g_adv", "kl", "ssim", "mse", "l1", "recon", "class_consistency")
 DEFAULTS = {
     "steps_per_epoch": None, "lr_g": 5e-5, "lr_d": 2e-4, "betas": (0.0, 0.999), "kl_weight": 2.0,
     "ssim_weight": 5.0, "mse_weight": 3.0, "l1_weight": 2.0, "cutmix": True,
@@ -164,6 +170,18 @@ class GeneratorForward(torch.nn.Module):
     def forward(self, masked: torch.Tensor, y: torch.Tensor, noise: Optional[torch.Tensor] = None):
         z, mu, logvar = self.encoder(masked, noise=noise)
         return self.decoder(z, y), mu, logvar
+
+
+def check_discriminator(means: Dict[str, float], epoch_idx: int, run_dir: Optional[Path]) -> None:
+    """Stop with :class:`TrainingDivergedError` (before the epoch is saved) when the epoch's mean
+    real+fake discriminator BCE exceeds :data:`DIVERGED_D_BCE`; non-finite means are left to
+    :func:`moodcat_plugin.training.fit`, which stops on them."""
+    bce_sum = means.get("d_real", 0.0) + means.get("d_fake", 0.0)
+    if math.isfinite(bce_sum) and bce_sum > DIVERGED_D_BCE:
+        raise TrainingDivergedError(
+            f"the GAN's discriminator in {run_dir} diverged in epoch {epoch_idx} (mean real+fake BCE {bce_sum:.3g}, "
+            f"healthy runs stay below ~10); this epoch was not saved: run again with a lower gan.lr_d or "
+            f"gan.cutmix=false (e.g. --set postprocessors.moodcat.gan.lr_d=5.0e-5)")
 
 
 @register_trainer("moodcat_gan")
@@ -366,8 +384,7 @@ class MoodcatGANTrainer(StepTrainer):
                     if key in row:
                         sums[key] = sums.get(key, 0.0) + row[key]
         means = {key: value / steps for key, value in sums.items()}
-        if not all(math.isfinite(v) for v in means.values()):
-            log.warning("non-finite GAN losses in epoch %d: %s", epoch_idx, means)
+        check_discriminator(means, epoch_idx, self.run_dir)
         return self.net, {"epoch_idx": epoch_idx, "loss": means["g_loss"], **means, "step": self.step}
 
     # -- logging -------------------------------------------------------------------------------
