@@ -255,3 +255,17 @@ def test_cb_ext_negatives_make_held_out_outlier_pairs_look_mismatched(demo_sets)
     print(f"held-out outlier logit: Cb {plain_out:.3f}, Cb(ext) {ext_out:.3f}; Cb(ext) ID matched {ext_matched:.3f}")
     assert ext_out > plain_out + 0.2
     assert ext_matched < ext_out
+
+
+def test_cb_schedule_comes_from_the_method_file_profile():
+    """Issue 8, defect 3b: the Cb schedule (steps, lr, width) is the profile's config, and the
+    trainer uses exactly those values (no constant in code overrides them)."""
+    from moodcat_plugin.pipeline import build_config, method_config
+    cfg = method_config(build_config("demo", ["moodcat"], "cpu"), "moodcat")
+    assert (cfg.cb.num_epochs * cfg.cb.steps_per_epoch, float(cfg.cb.lr), cfg.cb_network.ch) == (2000, 1e-3, 32)
+    section = {**dict(cfg.cb), "steps_per_epoch": 7, "lr": 3e-3}
+    cb = ConditionalBinaryClassifier(6, ch=8)
+    trainer = MoodcatCbTrainer(cb, [None], _config(section), generator=_tiny_gan().eval())
+    assert trainer.steps_per_epoch() == 7
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [3e-3]
+    assert tuple(trainer.optimizer.param_groups[0]["betas"]) == tuple(cfg.cb.betas)

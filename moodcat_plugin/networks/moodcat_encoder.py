@@ -37,6 +37,10 @@ class MoodcatEncoder(nn.Module):
     forward(x ``[B,3,32,32]`` in [-1,1], noise=None) -> (z, mu, logvar), each ``[B,latent_dim]``
     unbounded. In training mode ``z = mu + exp(logvar/2) * eps`` (``eps = noise`` when given, e.g.
     drawn for a global batch across processes); in eval mode ``z = mu`` (deterministic).
+
+    Where we differ from the reference: its scoring and Cb training sample ``z`` from
+    ``N(mu, exp(logvar))``; we use ``z = mu`` there (the generator is in eval mode), so one image
+    gets one synthesis and one score, run after run. The effect on AUROC has not been measured.
     """
 
     def __init__(self, ch: int = 32, latent_dim: int = 128):

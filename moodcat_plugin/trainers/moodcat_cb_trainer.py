@@ -20,10 +20,11 @@ from the ID batch (:mod:`moodcat_plugin.moodcat.synthetic_outliers`) as negative
 the CLASSIFIER's prediction for them (``classifier=`` is then required); ``outlier_label:
 predicted`` conditions Cb(ext)'s outliers on their pseudo-label instead of a wrong label.
 
-Optimiser: Adam, ``lr`` 2e-4, ``betas`` default (0.5, 0.999). The Cb training code is not public;
-unlike the GAN's discriminator, Cb solves a stationary classification problem, where first-moment
-momentum helps (beta1 = 0 is a choice for the non-stationary adversarial game); on the tiny demo
-problem (0.5, 0.999) converged more smoothly than (0, 0.999). One "epoch" is
+Optimiser: Adam, ``lr`` 2e-4, ``betas`` (0, 0.999) as the generator's (the method file sets the
+same; the ``cpu`` profile trains at lr 1e-3, sized by measurement, BENCHMARKS.md). The Cb training
+code is not public; Cb solves a stationary classification problem where first-moment momentum
+may help (on the tiny demo problem (0.5, 0.999) converged more smoothly), so ``betas`` is a
+setting, but (0.5, 0.999) has not been measured at CIFAR scale. One "epoch" is
 ``steps_per_epoch`` steps (loaders are cycled). Per epoch: ``loss``, ``train_acc`` (binary
 accuracy on the labelled pairs, logit > 0 = mismatch) and ``val_acc`` on ``val_loader`` (one
 positive and one negative per image, fixed masks and wrong labels so epochs are comparable).
@@ -54,7 +55,7 @@ from moodcat_plugin.trainers.base_trainer import (ADAM_BETAS, StepTrainer, StepT
                                                   endless)
 from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, MixedPrecision, adam
 
-DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.5, 0.999), "mask_style": "random_rectangle",
+DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.0, 0.999), "mask_style": "random_rectangle",
             "train_area": TEST_AREA, "use_ema": False, "synthetic_negatives": (), "outlier_label": "wrong",
             **SPEED_DEFAULTS}
 
