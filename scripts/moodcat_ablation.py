@@ -43,7 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--profile", default=None)
     parser.add_argument("--ablation", type=Path, default=default_config_root() / "ablations" / "moodcat_deployable.yml")
     parser.add_argument("--variants", nargs="+", help="names to run (default: all in the file)")
-    parser.add_argument("--stage", choices=["train", "all"], default="all")
+    parser.add_argument("--stage", choices=["train", "all", "table"], default="all",
+                        help="train: train what the variants need; all: train and score; table: only write "
+                             "the table from the variants scored so far")
     parser.add_argument("--output-dir", type=Path, default=Path("results"))
     parser.add_argument("--data-root")
     parser.add_argument("--device", default=None)
@@ -150,10 +152,10 @@ def ablation(args) -> str:
     unknown = set(args.variants or []) - {v["name"] for v in spec["variants"]}
     if unknown:
         raise UserError(f"unknown variant(s) {sorted(unknown)} in {args.ablation}")
-    for variant in variants:
+    for variant in variants if args.stage != "table" else []:
         log.info("variant %s: %s", variant["name"], variant.get("description", ""))
         run_variant(args, variant, spec)
-    if args.stage != "all":
+    if args.stage == "train":
         return ""
     folder = args.output_dir / "ablation" / args.benchmark
     every = [json.loads(p.read_text()) for p in sorted((folder / "diagnostics").glob("*.json"))]

@@ -144,6 +144,9 @@ def test_ablation_script_writes_one_table_of_variants(tmp_path):
     rows = json.loads((out / "ablation" / "demo" / "moodcat_deployable.json").read_text())
     assert [r["name"] for r in rows] == ["paper_cb500", "paper"]
     assert all(0 <= r["cb_val_acc"] <= 1 and r["recon_mse"] > 0 for r in rows)
+    (out / "ablation" / "demo" / "moodcat_deployable.md").unlink()
+    assert moodcat_ablation.main([*common, "--stage", "table"]) == 0  # rewrites the table, scores nothing
+    assert (out / "ablation" / "demo" / "moodcat_deployable.md").read_text() == table
     assert moodcat_ablation.main([*common, "--variants", "no_such_variant"]) == 2
 
 
