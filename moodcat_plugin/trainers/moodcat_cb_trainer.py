@@ -53,7 +53,8 @@ from moodcat_plugin.moodcat.synthetic_outliers import SYNTHETIC_OUTLIERS
 from moodcat_plugin.schema import FLAG, choice, integer, list_of, number
 from moodcat_plugin.trainers.base_trainer import (ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to, check_sharded,
                                                   endless)
-from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, MixedPrecision, adam
+from moodcat_plugin.trainers.speed import (AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, GradScalerCheckpoint,
+                                           MixedPrecision, adam)
 
 DEFAULTS = {"steps_per_epoch": None, "lr": 2e-4, "betas": (0.0, 0.999), "mask_style": "random_rectangle",
             "train_area": TEST_AREA, "use_ema": False, "synthetic_negatives": (), "outlier_label": "wrong",
@@ -88,7 +89,7 @@ def binary_accuracy(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> Tuple
 
 
 @register_trainer("moodcat_cb")
-class MoodcatCbTrainer(StepTrainer):
+class MoodcatCbTrainer(GradScalerCheckpoint, StepTrainer):
     """Trains ``ConditionalBinaryClassifier`` on matched vs mismatched synthesis pairs."""
 
     config_schema = MoodcatCbConfig
@@ -123,16 +124,6 @@ class MoodcatCbTrainer(StepTrainer):
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        if self.precision.scaler is not None:
-            state["grad_scaler"] = self.precision.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.precision.load_state_dict(state.get("grad_scaler"))
 
     def data_streams(self) -> dict:
         streams = super().data_streams()

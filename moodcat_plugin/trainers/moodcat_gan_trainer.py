@@ -63,7 +63,8 @@ from moodcat_plugin.distributed import convert_batchnorm, data_parallel, global_
 from moodcat_plugin.registry import register_trainer
 from moodcat_plugin.schema import FLAG, choice, integer, number, optional
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
-from moodcat_plugin.trainers.speed import AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, MixedPrecision, adam
+from moodcat_plugin.trainers.speed import (AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, GradScalerCheckpoint,
+                                           MixedPrecision, adam)
 from moodcat_plugin.training import TrainingDivergedError
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def check_discriminator(means: Dict[str, float], epoch_idx: int, run_dir: Option
 
 
 @register_trainer("moodcat_gan")
-class MoodcatGANTrainer(StepTrainer):
+class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
     """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
 
     config_schema = MoodcatGANConfig
@@ -226,16 +227,6 @@ class MoodcatGANTrainer(StepTrainer):
     # -- checkpoint contract -------------------------------------------------------------------
     def optimizers(self) -> dict:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        if self.precision.scaler is not None:
-            state["grad_scaler"] = self.precision.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.precision.load_state_dict(state.get("grad_scaler"))
 
     # -- data ----------------------------------------------------------------------------------
     def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -87,3 +87,18 @@ class MixedPrecision:
 def adam(params: Iterable[torch.nn.Parameter], lr: float, betas, fused: bool = False) -> torch.optim.Adam:
     """``torch.optim.Adam``; ``fused`` picks its single-kernel implementation."""
     return torch.optim.Adam(params, lr=float(lr), betas=tuple(float(b) for b in betas), **({"fused": True} if fused else {}))
+
+
+class GradScalerCheckpoint:
+    """Mixin for trainers with a :class:`MixedPrecision` ``self.precision``: the fp16 loss scaler's
+    state joins the trainer checkpoint (nothing is added without a scaler), so resume is exact."""
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.precision.scaler is not None:
+            state["grad_scaler"] = self.precision.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.precision.load_state_dict(state.get("grad_scaler"))
