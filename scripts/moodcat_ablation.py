@@ -81,12 +81,15 @@ def diagnostics(runner, post) -> dict:
     bench, cb_cfg = runner.benchmark, post.config.cb
     val = runner.evaluator.id_loader_dict["val"]
     common = dict(mask_style=cb_cfg.mask_style, area=cb_cfg.train_area, device=post.device)
+    effect = label_effect(post.gan, val, bench.mean, bench.std, bench.num_classes, **common)
+    if "cb" not in post.scorer_modules:  # a variant without Cb (e.g. classifier_lpips alone)
+        return {"cb_val_acc": None, "cb_val_acc_shuffled": None, **effect}
     cb = post.scorer_modules["cb"].classifier
     return {
         "cb_val_acc": pair_accuracy(cb, post.gan, val, bench.mean, bench.std, bench.num_classes, **common),
         "cb_val_acc_shuffled": pair_accuracy(cb, post.gan, val, bench.mean, bench.std, bench.num_classes,
                                              shuffle_synthesis=True, **common),
-        **label_effect(post.gan, val, bench.mean, bench.std, bench.num_classes, **common),
+        **effect,
     }
 
 
@@ -140,7 +143,8 @@ def render(results: list, rows: list, benchmark: str) -> str:
         fpr = table_values(row, "FPR@95", "ood_positive", columns)
         cell = lambda v: "-" if v is None else f"{v[0]:.2f}"  # noqa: E731
         extra = "" if base is None else f"{r['training_seconds'] - base:+.0f}"
-        lines.append(f"| {r['name']} | {r['cb_val_acc']:.3f} | {r['cb_val_acc_shuffled']:.3f} | {r['ratio']:.3f} | "
+        acc = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {r['name']} | {acc(r['cb_val_acc'])} | {acc(r['cb_val_acc_shuffled'])} | {r['ratio']:.3f} | "
                      f"{100 * r['val_auroc']:.2f} | {cell(auroc['near mean'])} | {cell(auroc['far mean'])} | {cell(fpr['near mean'])} | "
                      f"{cell(fpr['far mean'])} | {r['training_seconds']:.0f} | {extra} | {r['description']} |")
     return "\n".join(lines) + "\n"

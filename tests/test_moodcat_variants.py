@@ -163,3 +163,19 @@ def test_classifier_lpips_is_zero_for_identical_images_and_grows_with_change():
     large = scorer(x, torch.rand(4, 3, 32, 32) * 2 - 1, y)
     assert (small > 0).all() and (large > small).all()
     assert not any(k.startswith("classifier") for k in scorer.state_dict())
+
+
+def test_ablation_table_shows_a_variant_without_cb():
+    """A variant with no Cb (classifier_lpips alone) has no Cb accuracy: '-' in the table, not a crash."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
+    import moodcat_ablation
+
+    datasets = {"near_set": {"group": "near", "AUROC": 0.6, "FPR@95_ood_positive": 0.9},
+                "far_set": {"group": "far", "AUROC": 0.7, "FPR@95_ood_positive": 0.8}}
+    row = {"method": "no_cb", "acc": 0.9, "outlier_data": False, "datasets": datasets}
+    result = {"name": "no_cb", "description": "no Cb", "cb_val_acc": None, "cb_val_acc_shuffled": None,
+              "ratio": 0.1, "val_auroc": 0.65, "training_seconds": 10.0}
+    markdown = moodcat_ablation.render([result], [row], "demo")
+    line = next(l for l in markdown.splitlines() if l.startswith("| no_cb |"))
+    assert line.split("|")[2].strip() == "-" and line.split("|")[3].strip() == "-"
