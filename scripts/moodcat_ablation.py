@@ -123,6 +123,16 @@ def run_variant(args, variant: dict, spec: dict) -> dict:
     return result
 
 
+def _cell(value) -> str:
+    """A (mean, std) table value as the mean with 2 decimals, '-' when the row has none."""
+    return "-" if value is None else f"{value[0]:.2f}"
+
+
+def _accuracy(value) -> str:
+    """A binary accuracy with 3 decimals, '-' for a variant without Cb."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def render(results: list, rows: list, benchmark: str) -> str:
     columns = _columns(rows)
     by_name = {row["method"]: row for row in rows}
@@ -141,12 +151,10 @@ def render(results: list, rows: list, benchmark: str) -> str:
             continue
         auroc = table_values(row, "AUROC", "ood_positive", columns)
         fpr = table_values(row, "FPR@95", "ood_positive", columns)
-        cell = lambda v: "-" if v is None else f"{v[0]:.2f}"  # noqa: E731
         extra = "" if base is None else f"{r['training_seconds'] - base:+.0f}"
-        acc = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"| {r['name']} | {acc(r['cb_val_acc'])} | {acc(r['cb_val_acc_shuffled'])} | {r['ratio']:.3f} | "
-                     f"{100 * r['val_auroc']:.2f} | {cell(auroc['near mean'])} | {cell(auroc['far mean'])} | {cell(fpr['near mean'])} | "
-                     f"{cell(fpr['far mean'])} | {r['training_seconds']:.0f} | {extra} | {r['description']} |")
+        lines.append(f"| {r['name']} | {_accuracy(r['cb_val_acc'])} | {_accuracy(r['cb_val_acc_shuffled'])} | {r['ratio']:.3f} | "
+                     f"{100 * r['val_auroc']:.2f} | {_cell(auroc['near mean'])} | {_cell(auroc['far mean'])} | {_cell(fpr['near mean'])} | "
+                     f"{_cell(fpr['far mean'])} | {r['training_seconds']:.0f} | {extra} | {r['description']} |")
     return "\n".join(lines) + "\n"
 
 
