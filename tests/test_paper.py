@@ -223,3 +223,20 @@ def test_runs_are_keyed_by_what_decides_their_scores(tmp_path):
     assert len(repeats) == 3 and repeats[0] == tables[4].rows[0].run.runs[0]
     assert [r.overrides for r in repeats[1:]] == [
         tuple(sorted(repeats[0].overrides + (f"postprocessor.postprocessor_args.mask_seed={k}",))) for k in (1, 2)]
+
+
+def test_method_overrides_apply_to_that_methods_runs_only(tmp_path, capsys):
+    """``--set postprocessors.moodcat...`` changes MOODCAT's runs and leaves ODIN's alone in a mixed
+    table; a method no run uses is a one-line error before anything runs."""
+    table = load_tables(default_config_root())[1]
+    ctx = Context(config_root=default_config_root(), profile="tiny", output_dir=tmp_path, device="cpu",
+                  overrides=["num_threads=1", "postprocessors.moodcat.gan.cutmix=false"])
+    by_method = {run.method: run_config(run, ctx) for run in table.runs()}
+    assert method_config(by_method["moodcat"], "moodcat").gan.cutmix is False
+    assert method_config(by_method["moodcat_ext"], "moodcat_ext").gan.cutmix is True
+    assert all(config.num_threads == 1 for config in by_method.values())
+    assert paper_cli.main(["--table", "1", "--estimate", "--output-dir", str(tmp_path),
+                           "--set", "postprocessors.moodcta.gan.cutmix=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set postprocessors.moodcta.gan.cutmix=false: no run here uses method 'moodcta'")
+    assert len(err.strip().splitlines()) == 1

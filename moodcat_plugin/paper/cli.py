@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", help="trained-model cache (default: <output-dir>/checkpoints)")
     parser.add_argument("--data-root", help="npz data pack or OpenOOD data folder (default: ../shared/data)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a run-wide key for every run, e.g. num_threads=1 (repeatable)")
+                        help="override a key for every run, e.g. num_threads=1, or for the runs of one method, "
+                             "e.g. postprocessors.moodcat.gan.cutmix=false (repeatable)")
     parser.add_argument("--rerun", action="store_true", help="score finished runs again (models stay cached)")
     parser.add_argument("--config-root", type=Path, help="folder holding base.yml and the config folders")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -140,6 +141,7 @@ def reproduce_table(table, ctx, part: Optional[str] = None, command: str = "", e
 
     execute = execute or paper_runs.execute
     runs, every_run = table.runs(part), table.runs()
+    paper_runs.check_method_overrides(every_run, ctx)
     for run in every_run:  # every config checked (one-line errors) before anything trains
         paper_runs.run_config(run, ctx)
     model = CostModel(ctx.config_root, ctx.profile)

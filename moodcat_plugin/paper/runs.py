@@ -60,10 +60,34 @@ class Context:
 
 
 # -- configs ---------------------------------------------------------------------------------------------
+def method_of(override: str) -> Optional[str]:
+    """The method a ``--set`` override belongs to (``postprocessors.<method>.<key>=...``), None for a
+    run-wide key such as ``num_threads=1``."""
+    parts = override.split("=", 1)[0].strip().split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "postprocessors" else None
+
+
+def overrides_for(run: RunSpec, ctx: Context) -> List[str]:
+    """The ``--set`` overrides that apply to ``run``: run-wide keys, and keys of its own method (a
+    table mixes methods, e.g. ``postprocessors.moodcat.gan.cutmix=false`` leaves ODIN's runs alone)."""
+    return [o for o in ctx.overrides if method_of(o) in (None, run.method)]
+
+
+def check_method_overrides(runs: Sequence[RunSpec], ctx: Context) -> None:
+    """One-line error for a ``--set postprocessors.<method>...`` naming a method no run uses (a typo
+    would otherwise change nothing)."""
+    methods = sorted({run.method for run in runs})
+    for override in ctx.overrides:
+        method = method_of(override)
+        if method is not None and method not in methods:
+            raise ConfigError(f"--set {override}: no run here uses method '{method}' (methods: {', '.join(methods)}); "
+                              f"fix the method name or drop the setting")
+
+
 def run_config(run: RunSpec, ctx: Context) -> Config:
     """The validated run config of ``run`` (cached per context); ``output_dir`` is the run's folder."""
     if run not in ctx._configs:
-        overrides = list(ctx.overrides) + [f"postprocessors.{run.method}.{o}" for o in run.overrides]
+        overrides = overrides_for(run, ctx) + [f"postprocessors.{run.method}.{o}" for o in run.overrides]
         config = build_config(run.benchmark, [run.method], ctx.profile, overrides=overrides, flags=ctx.flags(),
                               config_root=ctx.config_root)
         _choose_ood_sets(config, run, ctx.config_root)

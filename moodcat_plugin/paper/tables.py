@@ -207,6 +207,7 @@ def header(table: TableSpec, ctx: Context, results: Results, runs: Sequence[RunS
              f"{resolve_device(configs[0].device).type}; CPU threads {configs[0].num_threads}; seed {configs[0].seed}. "
              "Paper: full-scale training (about 520k generator steps at batch 384, 100-epoch ResNet-18 classifiers).",
              f"- **Commit:** {commit}.",
+             f"- **Overrides (--set):** {', '.join(f'`{o}`' for o in ctx.overrides) or 'none'}.",
              f"- **Data:** {data_root}; OOD sets not in the data folder: {', '.join(missing) or 'none'}"
              + (" (their rows: not run)." if missing else "."),
              f"- **Metrics:** {METRICS_NOTE}."]
