@@ -153,6 +153,19 @@ def test_cutmix_probability_warms_up(demo_sets):
     assert [trainer.cutmix_probability(e) for e in (1, 2, 4, 9)] == [0.125, 0.25, 0.5, 0.5]
 
 
+def test_cutmix_consistency_target_is_detached_or_joint():
+    """``detached``: the consistency term moves D(mix) only; ``joint`` (the U-Net GAN code): its
+    gradient also reaches D(real) and D(fake)."""
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, :2] = 1.0
+    for mode, reaches_real in (("detached", False), ("joint", True)):
+        trainer = MoodcatGANTrainer(_tiny_gan(), [None], _config(_gan_section(cutmix_consistency=mode)))
+        real_p, fake_p = torch.randn(2, 1, 4, 4, requires_grad=True), torch.randn(2, 1, 4, 4, requires_grad=True)
+        target = trainer.consistency_target(mask, real_p, fake_p)
+        assert torch.equal(target.detach(), mask * real_p.detach() + (1 - mask) * fake_p.detach())
+        assert target.requires_grad == reaches_real
+
+
 def test_reconstruction_loss_decreases_on_fixed_batch():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

@@ -273,7 +273,9 @@ def test_switches_at_their_neutral_value_do_not_change_the_cached_run(make_confi
     assert run_identity({"lr": 1, "holdout_for_cb": 0.0}, {"holdout_for_cb": 0.0}) == {"lr": 1}
     assert run_identity({"lr": 1, "synthetic_negatives": ()}, {"synthetic_negatives": []}) == {"lr": 1}
     keys = []
-    for overrides in ([], ["postprocessors.moodcat.gan.holdout_for_cb=0.2"]):
+    for overrides in ([], ["postprocessors.moodcat.gan.holdout_for_cb=0.2"],
+                      ["postprocessors.moodcat.gan.cutmix_consistency=detached"]):
         cfg = make_config(["moodcat"], *overrides)
         keys.append(MoodcatPostprocessor(method_config(cfg, "moodcat"))._gan_key())
     assert "holdout_for_cb" not in keys[0]["gan"] and keys[1]["gan"]["holdout_for_cb"] == 0.2
+    assert keys[2] == keys[0] and "cutmix_consistency" not in keys[0]["gan"]

@@ -10,7 +10,9 @@ Per step, with ``x`` the batch in [-1,1] and ``y`` its true labels:
    With probability ``0.5 * min(1, epoch / cutmix_warmup_epochs)`` (when ``cutmix`` is on) a
    U-Net-GAN CutMix term is added: real and fake images mixed by a random box; the bottleneck head
    must call the mix fake, the per-pixel head must reproduce the box mask, and a consistency loss
-   ties D(mix) per-pixel to the same mix of D(real) and D(fake) per-pixel logits.
+   ties D(mix) per-pixel to the same mix of D(real) and D(fake) per-pixel logits. Differences from
+   the U-Net GAN reference: the term is ADDED to the real/fake loss (the reference's full-batch
+   mode replaces it), and by default the consistency target is detached (``cutmix_consistency``).
 4. Generator + encoder step: ``0.5*BCE(bottleneck(x'),1) + 0.5*BCE(pixels(x'),1)
    + kl_weight*KL + ssim_weight*(-log SSIM(x',x)) + mse_weight*MSE(x',x) + l1_weight*L1(x',x)``;
    the reconstruction target is the UNMASKED ``x``.
@@ -86,9 +88,14 @@ DEFAULTS = {
     "steps_per_epoch": None, "lr_g": 5e-5, "lr_d": 2e-4, "betas": (0.0, 0.999), "kl_weight": 2.0,
     "ssim_weight": 5.0, "mse_weight": 3.0, "l1_weight": 2.0, "cutmix": True,
     "cutmix_warmup_epochs": 200, "ema_decay": None, "sample_every": 500, "log_every": 50,
-    "class_consistency_weight": 0.0, "mask_style": "random_rectangle", **SPEED_DEFAULTS,
-    "concat_d_forward": False,
+    "class_consistency_weight": 0.0, "mask_style": "random_rectangle", "cutmix_consistency": "detached",
+    **SPEED_DEFAULTS, "concat_d_forward": False,
 }
+#: How the CutMix consistency target ``M*D(real) + (1-M)*D(fake)`` (per-pixel logits) takes part:
+#: ``detached`` = a fixed target for D(mix) (this project's first implementation, kept as the
+#: default so trained generators stay valid); ``joint`` = gradients flow into D(real) and D(fake)
+#: as well, as in the U-Net GAN reference code (``mse(D_mixed, mix)`` with nothing detached).
+CONSISTENCY_TARGETS = ("detached", "joint")
 #: The GAN trainer's speed options at their neutral defaults (dropped from cache keys at these values).
 GAN_SPEED_DEFAULTS = {**SPEED_DEFAULTS, "concat_d_forward": False}
 
@@ -105,6 +112,7 @@ class MoodcatGANConfig(StepTrainerConfig):
     l1_weight: number(ge=0) = DEFAULTS["l1_weight"]
     cutmix: FLAG = DEFAULTS["cutmix"]
     cutmix_warmup_epochs: optional(integer(ge=0)) = DEFAULTS["cutmix_warmup_epochs"]
+    cutmix_consistency: choice(*CONSISTENCY_TARGETS) = DEFAULTS["cutmix_consistency"]
     ema_decay: optional(number(ge=0, lt=1)) = DEFAULTS["ema_decay"]         # null / 0: no EMA
     sample_every: optional(integer(ge=0)) = DEFAULTS["sample_every"]     # null / 0: never
     log_every: optional(integer(ge=0)) = DEFAULTS["log_every"]           # null / 0: never
@@ -192,6 +200,7 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
     config_schema = MoodcatGANConfig
     #: settings left out of the cache key at these values (see training.run_identity)
     neutral_settings = {"class_consistency_weight": 0.0, "holdout_for_cb": 0.0, "mask_style": "random_rectangle",
+                        "cutmix_consistency": "detached",
                         **SPEED_NEUTRAL, "concat_d_forward": False}
     supports_distributed = True
 
@@ -281,10 +290,17 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
         if use_cutmix:
             (mix_b, mix_p), = mix
             target_p = mask.expand_as(mix_p)
-            consistency = F.mse_loss(mix_p, mask * real_p.detach() + (1 - mask) * fake_p.detach())
+            consistency = F.mse_loss(mix_p, self.consistency_target(mask, real_p, fake_p))
             cutmix = 0.5 * bce(mix_b, 0) + 0.5 * bce(mix_p, target_p) + consistency
             loss = loss + cutmix
         return {"d_loss": loss, "d_real": real, "d_fake": fake_term, "d_cutmix": cutmix}
+
+    def consistency_target(self, mask: torch.Tensor, real_p: torch.Tensor, fake_p: torch.Tensor) -> torch.Tensor:
+        """``mask * real_p + (1 - mask) * fake_p`` (per-pixel logits ``[B,1,H,W]``), detached or not
+        by ``cutmix_consistency`` (see :data:`CONSISTENCY_TARGETS`)."""
+        if self.args["cutmix_consistency"] == "detached":
+            real_p, fake_p = real_p.detach(), fake_p.detach()
+        return mask * real_p + (1 - mask) * fake_p
 
     def generator_loss(self, x, fake, y, mu, logvar) -> Dict[str, torch.Tensor]:
         """Adversarial (both heads) + KL + SSIM/MSE/L1 reconstruction of the unmasked ``x``."""
