@@ -189,8 +189,8 @@ def check_discriminator(means: Dict[str, float], epoch_idx: int, run_dir: Option
     if math.isfinite(bce_sum) and bce_sum > DIVERGED_D_BCE:
         raise TrainingDivergedError(
             f"the GAN's discriminator in {run_dir} diverged in epoch {epoch_idx} (mean real+fake BCE {bce_sum:.3g}, "
-            f"healthy runs stay below ~10); this epoch was not saved: run again with a lower gan.lr_d or "
-            f"gan.cutmix=false (e.g. --set postprocessors.moodcat.gan.lr_d=5.0e-5)")
+            f"healthy runs stay below ~10); this epoch was not saved: run again with gan.cutmix_consistency=joint, "
+            f"gan.cutmix=false or a lower gan.lr_d (e.g. --set postprocessors.moodcat.gan.cutmix_consistency=joint)")
 
 
 @register_trainer("moodcat_gan")
