@@ -141,7 +141,7 @@ def reproduce_table(table, ctx, part: Optional[str] = None, command: str = "", e
 
     execute = execute or paper_runs.execute
     runs, every_run = table.runs(part), table.runs()
-    paper_runs.check_method_overrides(every_run, ctx)
+    paper_runs.check_method_overrides(ctx)
     for run in every_run:  # every config checked (one-line errors) before anything trains
         paper_runs.run_config(run, ctx)
     model = CostModel(ctx.config_root, ctx.profile)
