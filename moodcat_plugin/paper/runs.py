@@ -27,7 +27,7 @@ from moodcat_plugin.config import Config, ConfigError, config_hash, load_yaml
 from moodcat_plugin.evaluation.leaderboard import read_method_folders
 from moodcat_plugin.moodcat.scorers import IQA_SCORERS, hub_checkpoint_dir, required_weight_files
 from moodcat_plugin.paper.spec import RunSpec
-from moodcat_plugin.pipeline import Runner, _named_file, build_config, method_config, validate
+from moodcat_plugin.pipeline import Runner, _named_file, available, build_config, method_config, validate
 from moodcat_plugin.utils import atomic_write_json, resolve_device
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def check_method_overrides(ctx: Context) -> None:
     """One-line error for a ``--set postprocessors.<method>...`` naming no method of the config
     folder (a typo would otherwise change nothing). A known method that a table does not run is
     fine: one set of flags serves every table (e.g. the CIFAR-100 CutMix setting)."""
-    known = sorted(path.stem for path in (Path(ctx.config_root) / "postprocessors").glob("*.yml"))
+    known = available(Path(ctx.config_root), "postprocessors")
     for override in ctx.overrides:
         method = method_of(override)
         if method is not None and method not in known:
