@@ -179,3 +179,26 @@ def test_ablation_table_shows_a_variant_without_cb():
     markdown = moodcat_ablation.render([result], [row], "demo")
     line = next(l for l in markdown.splitlines() if l.startswith("| no_cb |"))
     assert line.split("|")[2].strip() == "-" and line.split("|")[3].strip() == "-"
+
+
+def test_moodcat_plus_is_the_ablation_variant_it_was_chosen_as(make_config):
+    """The promoted method must be exactly what the ablation measured (and share its cached models)."""
+    import json
+
+    import yaml
+
+    from moodcat_plugin.pipeline import default_config_root, method_config
+
+    spec = yaml.safe_load((default_config_root() / "ablations" / "moodcat_deployable.yml").read_text())
+    variant = next(v for v in spec["variants"] if v["name"] == "feature_cb")
+    settings = {**spec["common"], **variant["set"]}
+    measured_overrides = [f"postprocessors.moodcat.{key}={json.dumps(value)}" for key, value in settings.items()]
+    for profile in ("demo", "cpu", "gpu"):
+        plus = method_config(make_config(["moodcat_plus"], benchmark="cifar10", profile=profile), "moodcat_plus")
+        measured = method_config(make_config(["moodcat"], *measured_overrides, benchmark="cifar10", profile=profile),
+                                 "moodcat")
+        if profile != "cpu":  # the ablation ran at cpu; elsewhere only the comparator's width may differ
+            measured["cb_network"]["ch"] = plus["cb_network"]["ch"]
+        for section in ("postprocessor", "gan_network", "gan", "cb_network", "cb", "iqa"):
+            assert plus[section] == measured[section], (profile, section)
+        assert plus.cb_network.name == "feature_comparator_cb"
