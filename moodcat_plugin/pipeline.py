@@ -77,7 +77,7 @@ def pretrained_flags(methods: Sequence[str], path: str, config_root: Path) -> di
     users = [m for m in methods if "pretrained" in load_method_file(Path(config_root), m)]
     if not users:
         raise ConfigError(f"--pretrained: none of the methods ({', '.join(methods)}) loads pretrained weights; "
-                          "it is for moodcat (and moodcat_ext)")
+                          "it is for moodcat (and moodcat_ext, moodcat_plus)")
     return {method: {"pretrained": {"file": str(path)}} for method in users}
 
 

@@ -175,3 +175,20 @@ def test_shipped_weights_match_their_checksum_and_score_images(name):
         _, synthesis = gan.synthesize(x, y)
         logits = cb(x, synthesis, y)
     assert synthesis.shape == x.shape and synthesis.abs().max() <= 1 and torch.isfinite(logits).all()
+
+
+def test_a_method_with_another_cb_network_trains_its_own_cb_on_the_files_generator(tiny_weights, tmp_path):
+    """moodcat_plus (feature-comparator Cb) with a file holding the paper's Cb: the file's generator
+    is used, the file's Cb is not (it would be another method under this method's name)."""
+    path, entry = tiny_weights
+    out = tmp_path / "out"
+    assert main(["-p", "moodcat_plus", "--profile", "tiny", "--device", "cpu", "--no-progress",
+                 "--output-dir", str(out), "--pretrained", str(path),
+                 "--set", f"network.checkpoint={_classifier(path)}"]) == 0
+    trained = [run.name for run in (out / "checkpoints").iterdir()]
+    assert len(trained) == 1 and trained[0].startswith("demo-moodcat_cb-")  # its Cb only, no generator
+    assert json.loads((out / "checkpoints" / trained[0] / "config.json").read_text())["cb_network"]["name"] \
+        == "feature_comparator_cb"
+    meta = json.loads((out / "demo" / "scores" / "moodcat_plus" / "meta.json").read_text())
+    assert meta["training"]["moodcat_gan"]["sha256"] == entry["sha256"]
+    assert "pretrained" not in meta["training"]["moodcat_cb"]

@@ -35,7 +35,8 @@ Trained weights instead of training (section ``pretrained``, or the CLI's ``--pr
 decoder [+ Cb], sha256 checked against the ``MANIFEST.json`` beside it when the method is
 built, before anything trains). The file's networks are used as they were trained (its
 ``gan_network``/``cb_network``, whatever the profile says); a Cb variant the file lacks (Cb(ext),
-or Cb itself) is trained on the loaded generator, cached under the file's sha256.
+or Cb itself, or a Cb of another network than the method's ``cb_network.name``) is trained on the
+loaded generator, cached under the file's sha256.
 
 Per-scorer confs (``-distance``) are recorded in ``last_components`` (leaderboard rows
 ``moodcat:cb``, ``moodcat:lpips``, ... = the paper's Table 4 single-scorer results).
@@ -262,7 +263,19 @@ class MoodcatPostprocessor(BasePostprocessor):
         return {**content, "path": path, "sha256": shipped_weights.sha256_of(path)}
 
     def _file_has(self, part: str) -> bool:
-        return self.pretrained is not None and part in self.pretrained["modules"]
+        """Whether the weights file holds ``part`` as this method builds it: a Cb of another network
+        (e.g. the paper's Cb in a file, ``feature_comparator_cb`` for moodcat_plus) does not count,
+        so this method's own Cb is trained on the file's generator instead."""
+        if self.pretrained is None or part not in self.pretrained["modules"]:
+            return False
+        if part != "cb":
+            return True
+        in_file = self.pretrained["cb_network"].get("name", "moodcat_cb")
+        wanted = self.config.cb_network.get("name", "moodcat_cb")
+        if in_file != wanted:
+            log.info("the Cb in %s is a '%s', this method's is a '%s': training it on the file's generator",
+                     self.pretrained["path"], in_file, wanted)
+        return in_file == wanted
 
     def _pretrained_info(self, *keys: str) -> dict:
         provenance = self.pretrained["provenance"]
