@@ -1,5 +1,8 @@
 """MOODCAT variants for the deployable protocol (issue 8): each a config switch."""
+import json
+
 import torch
+import yaml
 
 from moodcat_plugin.config import Config
 from moodcat_plugin.data import make_loader
@@ -10,7 +13,7 @@ from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBin
 from moodcat_plugin.networks.feature_comparator_cb import FeatureComparatorCb
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
-from moodcat_plugin.pipeline import Runner
+from moodcat_plugin.pipeline import Runner, default_config_root, method_config
 from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -183,12 +186,6 @@ def test_ablation_table_shows_a_variant_without_cb():
 
 def test_moodcat_plus_is_the_ablation_variant_it_was_chosen_as(make_config):
     """The promoted method must be exactly what the ablation measured (and share its cached models)."""
-    import json
-
-    import yaml
-
-    from moodcat_plugin.pipeline import default_config_root, method_config
-
     spec = yaml.safe_load((default_config_root() / "ablations" / "moodcat_deployable.yml").read_text())
     variant = next(v for v in spec["variants"] if v["name"] == "feature_cb")
     settings = {**spec["common"], **variant["set"]}
