@@ -80,6 +80,7 @@ from moodcat_plugin.training import FINAL, fit, run_folder, run_identity
 from moodcat_plugin.utils import load_state_dict_strict
 
 log = logging.getLogger(__name__)
+PAPER_CB = "moodcat_cb"  # the Cb network a config without cb_network.name gets
 GRID_IMAGES = 16
 GRID_SEED = 777
 SCORING_SEED_OFFSET = 101
@@ -87,6 +88,11 @@ LABEL_SOURCES = ("predicted",)
 FINGERPRINT_SAMPLES = 256
 FINGERPRINT_SEED = 0
 CB_VARIANTS = (["cb"], ["cb", "cb_ext"])
+
+
+def cb_network_name(section) -> str:
+    """The registered network name of a ``cb_network`` section (a config's or a weights file's)."""
+    return section.get("name", PAPER_CB)
 
 
 def _distinct(values: List[str]) -> List[str]:
@@ -147,7 +153,7 @@ class MoodcatPostprocessor(BasePostprocessor):
     config_sections = {
         "gan_network": Registered(NETWORKS, default_name="moodcat_gan"),
         "gan": Registered(TRAINERS),
-        "cb_network": Registered(NETWORKS, default_name="moodcat_cb"),
+        "cb_network": Registered(NETWORKS, default_name=PAPER_CB),
         "cb": Registered(TRAINERS),
         "iqa": IqaConfig,
         "pretrained": PretrainedConfig,
@@ -260,22 +266,16 @@ class MoodcatPostprocessor(BasePostprocessor):
                               f"the file for {benchmark} (see {path.parent / shipped_weights.MANIFEST}) or drop --pretrained")
         if self.use_ema:
             raise ConfigError(f"pretrained weights {path} hold no EMA decoder: set postprocessor_args.use_ema=false")
-        return {**content, "path": path, "sha256": shipped_weights.sha256_of(path)}
+        modules = dict(content["modules"])
+        wanted = cb_network_name(self.config.cb_network)
+        if "cb" in modules and cb_network_name(content["cb_network"]) != wanted:  # another method's Cb
+            log.info("the Cb in %s is a '%s', this method's is a '%s': training it on the file's generator",
+                     path, cb_network_name(content["cb_network"]), wanted)
+            del modules["cb"]
+        return {**content, "modules": modules, "path": path, "sha256": shipped_weights.sha256_of(path)}
 
     def _file_has(self, part: str) -> bool:
-        """Whether the weights file holds ``part`` as this method builds it: a Cb of another network
-        (e.g. the paper's Cb in a file, ``feature_comparator_cb`` for moodcat_plus) does not count,
-        so this method's own Cb is trained on the file's generator instead."""
-        if self.pretrained is None or part not in self.pretrained["modules"]:
-            return False
-        if part != "cb":
-            return True
-        in_file = self.pretrained["cb_network"].get("name", "moodcat_cb")
-        wanted = self.config.cb_network.get("name", "moodcat_cb")
-        if in_file != wanted:
-            log.info("the Cb in %s is a '%s', this method's is a '%s': training it on the file's generator",
-                     self.pretrained["path"], in_file, wanted)
-        return in_file == wanted
+        return self.pretrained is not None and part in self.pretrained["modules"]
 
     def _pretrained_info(self, *keys: str) -> dict:
         provenance = self.pretrained["provenance"]
@@ -298,7 +298,7 @@ class MoodcatPostprocessor(BasePostprocessor):
     def _pretrained_cb(self) -> torch.nn.Module:
         section = self.pretrained["cb_network"]
         kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
-        cb = NETWORKS.get(section.get("name", "moodcat_cb"))(num_classes=self._num_classes(), **kwargs)
+        cb = NETWORKS.get(cb_network_name(section))(num_classes=self._num_classes(), **kwargs)
         load_state_dict_strict(cb, shipped_weights.full(self.pretrained["modules"]["cb"]),
                                f"the Cb in {self.pretrained['path']}")
         info = self._pretrained_info("cb_steps")
@@ -354,7 +354,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         """The Cb network of ``cb_network`` (default the paper's ``moodcat_cb``); a network that
         compares classifier features gets the frozen classifier (not part of its weights)."""
         section = self.config.cb_network
-        cls = NETWORKS.get(section.get("name", "moodcat_cb"))
+        cls = NETWORKS.get(cb_network_name(section))
         kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
         if getattr(cls, "needs_classifier", False):
             if net is None:
@@ -365,7 +365,7 @@ class MoodcatPostprocessor(BasePostprocessor):
 
     def _cb_needs_classifier(self) -> bool:
         """Whether Cb's training reads the classifier (features or predicted labels)."""
-        cls = NETWORKS.get(self.config.cb_network.get("name", "moodcat_cb"))
+        cls = NETWORKS.get(cb_network_name(self.config.cb_network))
         return bool(getattr(cls, "needs_classifier", False) or self.config.cb.get("synthetic_negatives"))
 
     def training_needs_classifier(self) -> bool:
@@ -405,7 +405,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         cb = self._build_cb(net).to(self.device)
         loader = self._train_loader(id_loader_dict, cfg.cb, int(cfg.get("seed", 0)) + 1, "cb")
         cb_trainer = TRAINERS.get(cfg.cb.name)
-        key = {"gan": gan_key, "cb_network": run_identity(cfg.cb_network, {"name": "moodcat_cb"}),
+        key = {"gan": gan_key, "cb_network": run_identity(cfg.cb_network, {"name": PAPER_CB}),
                "cb": run_identity(cfg.cb, getattr(cb_trainer, "neutral_settings", {})), "variant": variant}
         if self._cb_needs_classifier():
             key.update(self._classifier_key())
