@@ -165,6 +165,8 @@ def ablation(args) -> str:
     if unknown:
         raise UserError(f"unknown variant(s) {sorted(unknown)} in {args.ablation}")
     for variant in variants if args.stage != "table" else []:
+        variant_config(args, variant, spec)  # every variant's config is checked before any trains
+    for variant in variants if args.stage != "table" else []:
         log.info("variant %s: %s", variant["name"], variant.get("description", ""))
         run_variant(args, variant, spec)
     if args.stage == "train":

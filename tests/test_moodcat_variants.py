@@ -199,3 +199,26 @@ def test_moodcat_plus_is_the_ablation_variant_it_was_chosen_as(make_config):
         for section in ("postprocessor", "gan_network", "gan", "cb_network", "cb", "iqa"):
             assert plus[section] == measured[section], (profile, section)
         assert plus.cb_network.name == "feature_comparator_cb"
+
+
+def test_every_shipped_variant_builds_and_a_bad_one_stops_before_training(tmp_path):
+    """All variants are checked up front: a typo in the last one must not cost the earlier ones' training."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
+    import moodcat_ablation
+
+    shipped = default_config_root() / "ablations" / "moodcat_deployable.yml"
+    spec = yaml.safe_load(shipped.read_text())
+    args = moodcat_ablation.parse_args(["-b", "cifar10", "--profile", "cpu", "--output-dir", str(tmp_path)])
+    for variant in spec["variants"]:
+        method, config = moodcat_ablation.variant_config(args, variant, spec)
+        assert method_config(config, method)["postprocessor"]["postprocessor_args"]["scorers"], variant["name"]
+
+    spec["variants"].append({"name": "typo", "set": {"cb.nmu_epochs": 3}})
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    argv = ["-b", "demo", "--profile", "tiny", "--output-dir", str(out), "--no-progress", "--ablation", str(bad),
+            "--variants", "paper", "typo"]
+    assert moodcat_ablation.main(argv) == 2
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
