@@ -95,14 +95,16 @@ def list_tables(args) -> str:
             continue
         fresh, now = estimate_runs(runs, ctx, model, fresh=True), estimate_runs(runs, ctx, model)
         ordered = estimate_runs(runs, ctx, model, fresh=True, seen=in_order)
-        fits = "fits one sitting" if fresh.seconds <= model.limit_s else "MORE than one sitting from scratch"
+        fits = "fits one sitting" if fresh.seconds <= model.limit_s else \
+            "MORE than one sitting from scratch: rerun the same command to resume"
         lines.append(f"  expected: {duration(fresh.seconds)} from scratch ({fits}); {duration(ordered.seconds)} "
                      f"after the tables above; {duration(now.seconds)} with the models and runs cached now")
         if table.parts:
             seen: set = set()
             for name in table.parts:
                 part = estimate_runs(table.runs(name), ctx, model, fresh=True, seen=seen)
-                fits = "fits" if part.seconds <= model.limit_s else "does NOT fit: needs a faster machine or a GPU"
+                fits = "fits" if part.seconds <= model.limit_s else \
+                    "does NOT fit: rerun the same command in a second sitting, it resumes; or use a GPU"
                 lines.append(f"    --part {name}: {duration(part.seconds)} after the parts above ({fits})")
     return "\n".join(lines)
 
