@@ -29,7 +29,9 @@ from moodcat_plugin.errors import ConfigError
 
 PROFILES_KEY = "profiles"
 # Mappings whose keys are data (dataset names, per-method sections), not a fixed schema.
-OPEN_SECTIONS = frozenset({"near", "far", "postprocessors", "extra_datasets"})
+# Network sections are open too: their keys depend on the network a config names (a variant may swap
+# `name`), and the registered network's own schema rejects unknown keys right after the merge.
+OPEN_SECTIONS = frozenset({"near", "far", "postprocessors", "extra_datasets", "network", "gan_network", "cb_network"})
 # YAML 1.2 core-schema floats that YAML 1.1 misses: an exponent without a dot (1e-3, 5E+5) or
 # without a sign (1.0e10). Plain integers never match (they keep YAML's int resolver).
 _FLOAT_WITH_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")

@@ -46,6 +46,20 @@ def test_feature_comparator_keeps_the_classifier_out_of_its_weights_and_gradient
         assert torch.equal(value, before[key])
 
 
+def test_label_free_comparator_cannot_read_the_label():
+    """label_conditioned: false must leave the decision to x and x' alone (y has no effect)."""
+    torch.manual_seed(0)
+    classifier = ResNet18_32x32(6, width=0.125).eval()
+    x, xs = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    y0, y1 = torch.zeros(4, dtype=torch.long), torch.full((4,), 5)
+    free = FeatureComparatorCb(6, classifier, MEAN, STD, ch=16, label_conditioned=False)
+    assert torch.equal(free(x, xs, y0), free(x, xs, y1))
+    assert not any(k.startswith("embed") for k in free.state_dict())
+    conditioned = FeatureComparatorCb(6, classifier, MEAN, STD, ch=16)
+    assert not torch.allclose(conditioned(x, xs, y0), conditioned(x, xs, y1))
+    assert not torch.allclose(free(x, xs, y0), free(x, torch.flip(xs, [0]), y0))  # it reads x'
+
+
 def _cb_config(**cb):
     section = {"name": "moodcat_cb", "num_epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "lr": 1e-3,
                "betas": [0.0, 0.999], **cb}

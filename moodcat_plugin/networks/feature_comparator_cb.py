@@ -8,6 +8,12 @@ of this module's state dict or checkpoint) feed a small trainable comparator::
 
     h = MLP([f(x), f(x'), |f(x) - f(x')|])            (two ReLU layers of width ``ch``)
     logit = linear(h) + <embed(y), h>                   (projection on the condition y)
+    logit = linear(h)                                   (``label_conditioned: false``)
+
+``label_conditioned: false`` takes y away from the comparator. With the paper's pairs (x under
+its true label against x under a random one, same x) Cb must then read x' to tell them apart,
+since (x, y) alone no longer carries the answer: the conditioned head reaches 0.93 accuracy
+without looking at x' at all (BENCHMARKS.md, issue 8). Not in the paper.
 
 forward(x ``[B,3,32,32]`` in [-1,1], x_synth same, y ``[B]`` int64) -> logit ``[B]``, HIGH =
 mismatch = OOD, as :class:`ConditionalBinaryClassifier`, so it trains and scores unchanged.
@@ -21,13 +27,14 @@ import torch
 from torch import nn
 
 from moodcat_plugin.registry import register_network
-from moodcat_plugin.schema import NetworkConfig, integer
+from moodcat_plugin.schema import FLAG, NetworkConfig, integer
 
 
 class FeatureComparatorConfig(NetworkConfig):
     """The ``cb_network:`` section for ``name: feature_comparator_cb``."""
 
     ch: integer(ge=8) = 128   # width of the comparator (named as the paper Cb's width, so variants swap names only)
+    label_conditioned: FLAG = True   # false: no projection on y, the decision must come from comparing x with x'
 
 
 @register_network("feature_comparator_cb")
@@ -38,7 +45,7 @@ class FeatureComparatorCb(nn.Module):
     needs_classifier = True
 
     def __init__(self, num_classes: int, classifier: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 ch: int = 128):
+                 ch: int = 128, label_conditioned: bool = True):
         super().__init__()
         self.num_classes = num_classes
         self.__dict__["classifier"] = classifier  # a plain attribute: not a submodule, never saved or trained
@@ -47,8 +54,9 @@ class FeatureComparatorCb(nn.Module):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(3 * feature_dim, ch), nn.ReLU(), nn.Linear(ch, ch), nn.ReLU())
         self.linear = nn.Linear(ch, 1)
-        self.embed = nn.Embedding(num_classes, ch)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        self.embed = nn.Embedding(num_classes, ch) if label_conditioned else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, std=0.02)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -61,4 +69,5 @@ class FeatureComparatorCb(nn.Module):
         both = self.features(torch.cat([x, x_synth]))
         fx, fs = both[: len(x)], both[len(x):]
         h = self.mlp(torch.cat([fx, fs, (fx - fs).abs()], dim=1))
-        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+        logit = self.linear(h).squeeze(1)
+        return logit if self.embed is None else logit + (self.embed(y) * h).sum(dim=1)
