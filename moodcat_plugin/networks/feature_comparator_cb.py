@@ -43,6 +43,7 @@ class FeatureComparatorCb(nn.Module):
 
     config_schema = FeatureComparatorConfig
     needs_classifier = True
+    neutral_settings = {"label_conditioned": True}  # left out of cache keys: Cbs trained before the switch keep theirs
 
     def __init__(self, num_classes: int, classifier: nn.Module, mean: Sequence[float], std: Sequence[float],
                  ch: int = 128, label_conditioned: bool = True):

@@ -405,7 +405,8 @@ class MoodcatPostprocessor(BasePostprocessor):
         cb = self._build_cb(net).to(self.device)
         loader = self._train_loader(id_loader_dict, cfg.cb, int(cfg.get("seed", 0)) + 1, "cb")
         cb_trainer = TRAINERS.get(cfg.cb.name)
-        key = {"gan": gan_key, "cb_network": run_identity(cfg.cb_network, {"name": PAPER_CB, "label_conditioned": True}),
+        cb_neutral = getattr(NETWORKS.get(cb_network_name(cfg.cb_network)), "neutral_settings", {})
+        key = {"gan": gan_key, "cb_network": run_identity(cfg.cb_network, {"name": PAPER_CB, **cb_neutral}),
                "cb": run_identity(cfg.cb, getattr(cb_trainer, "neutral_settings", {})), "variant": variant}
         if self._cb_needs_classifier():
             key.update(self._classifier_key())
