@@ -1,5 +1,8 @@
 """MOODCAT variants for the deployable protocol (issue 8): each a config switch."""
+import importlib
 import json
+import sys
+from pathlib import Path
 
 import torch
 import yaml
@@ -17,6 +20,14 @@ from moodcat_plugin.pipeline import Runner, default_config_root, method_config
 from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str):
+    """Import one of scripts/*.py as a module."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    return importlib.import_module(name)
 
 
 def test_synthetic_outliers_keep_shape_and_drop_same_class_mixes():
@@ -128,10 +139,7 @@ def test_protocols_condition_on_what_their_header_says():
 
 
 def test_protocol_script_writes_a_separate_titled_table(tmp_path):
-    import json
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
-    import moodcat_protocols
+    moodcat_protocols = _script("moodcat_protocols")
 
     out = tmp_path / "out"
     assert moodcat_protocols.main(["-b", "demo", "--profile", "tiny", "--output-dir", str(out), "--no-progress",
@@ -145,10 +153,7 @@ def test_protocol_script_writes_a_separate_titled_table(tmp_path):
 
 
 def test_ablation_script_writes_one_table_of_variants(tmp_path):
-    import json
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
-    import moodcat_ablation
+    moodcat_ablation = _script("moodcat_ablation")
 
     out = tmp_path / "out"
     common = ["-b", "demo", "--profile", "tiny", "--output-dir", str(out), "--no-progress", "--set", "device=cpu"]
@@ -184,9 +189,7 @@ def test_classifier_lpips_is_zero_for_identical_images_and_grows_with_change():
 
 def test_ablation_table_shows_a_variant_without_cb():
     """A variant with no Cb (classifier_lpips alone) has no Cb accuracy: '-' in the table, not a crash."""
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
-    import moodcat_ablation
+    moodcat_ablation = _script("moodcat_ablation")
 
     datasets = {"near_set": {"group": "near", "AUROC": 0.6, "FPR@95_ood_positive": 0.9},
                 "far_set": {"group": "far", "AUROC": 0.7, "FPR@95_ood_positive": 0.8}}
@@ -217,9 +220,7 @@ def test_moodcat_plus_is_the_ablation_variant_it_was_chosen_as(make_config):
 
 def test_every_shipped_variant_builds_and_a_bad_one_stops_before_training(tmp_path):
     """All variants are checked up front: a typo in the last one must not cost the earlier ones' training."""
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
-    import moodcat_ablation
+    moodcat_ablation = _script("moodcat_ablation")
 
     shipped = default_config_root() / "ablations" / "moodcat_deployable.yml"
     spec = yaml.safe_load(shipped.read_text())
