@@ -279,3 +279,18 @@ def test_switches_at_their_neutral_value_do_not_change_the_cached_run(make_confi
         keys.append(MoodcatPostprocessor(method_config(cfg, "moodcat"))._gan_key())
     assert "holdout_for_cb" not in keys[0]["gan"] and keys[1]["gan"]["holdout_for_cb"] == 0.2
     assert keys[2] == keys[0] and "cutmix_consistency" not in keys[0]["gan"]
+
+
+def test_settings_only_cb_ext_reads_do_not_name_the_plain_cb(make_config):
+    """``outlier_label: predicted`` changes Cb(ext) only: the plain Cb it shares with the paper's
+    method keeps its cache key (before, the ext_predicted variant retrained an identical plain Cb)."""
+    from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
+
+    keys = {}
+    for label in ("wrong", "predicted"):
+        cfg = make_config(["moodcat"], f"postprocessors.moodcat.cb.outlier_label={label}")
+        post = MoodcatPostprocessor(method_config(cfg, "moodcat"))
+        keys[label] = {variant: post._cb_key(variant, post._gan_key()) for variant in ("cb", "cb_ext")}
+    assert keys["predicted"]["cb"] == keys["wrong"]["cb"]
+    assert keys["predicted"]["cb_ext"] != keys["wrong"]["cb_ext"]
+    assert keys["predicted"]["cb_ext"]["cb"]["outlier_label"] == "predicted"

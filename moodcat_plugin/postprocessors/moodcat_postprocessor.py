@@ -404,17 +404,9 @@ class MoodcatPostprocessor(BasePostprocessor):
         torch.manual_seed(int(cfg.get("seed", 0)) + 1)
         cb = self._build_cb(net).to(self.device)
         loader = self._train_loader(id_loader_dict, cfg.cb, int(cfg.get("seed", 0)) + 1, "cb")
-        cb_trainer = TRAINERS.get(cfg.cb.name)
-        cb_neutral = getattr(NETWORKS.get(cb_network_name(cfg.cb_network)), "neutral_settings", {})
-        key = {"gan": gan_key, "cb_network": run_identity(cfg.cb_network, {"name": PAPER_CB, **cb_neutral}),
-               "cb": run_identity(cfg.cb, getattr(cb_trainer, "neutral_settings", {})), "variant": variant}
-        if self._cb_needs_classifier():
-            key.update(self._classifier_key())
+        key = self._cb_key(variant, gan_key)
         unlabeled = None
         if variant == "cb_ext":
-            # extra negatives: outliers pseudo-labelled by the classifier, so key on the classifier too
-            key.update({"outlier_set": getattr(getattr(self.benchmark, "outlier", None), "name", None),
-                        **self._classifier_key()})
             folder = run_folder(cfg, f"{cfg.dataset.name}-moodcat_{variant}", key)
             if not (folder / FINAL).is_file():  # cached runs need no pseudo-labels
                 outliers = self._pseudo_labelled_outliers(net)
@@ -428,6 +420,28 @@ class MoodcatPostprocessor(BasePostprocessor):
         what = "with pseudo-labelled outliers" if variant == "cb_ext" else "on ID pairs"
         self._fit(trainer, f"moodcat_{variant}", key, f"MOODCAT {variant} (conditional binary classifier, {what})")
         return cb.eval().requires_grad_(False)
+
+    def _cb_key(self, variant: str, gan_key: dict) -> dict:
+        """Cache key of the Cb ``variant`` (``cb`` or ``cb_ext``) trained on the generator ``gan_key``.
+
+        The settings only Cb(ext) reads (the trainer's ``ext_only_settings``) are left out of the
+        plain Cb's key, so e.g. ``outlier_label: predicted`` reuses the plain Cb it shares with the
+        paper's method. Cb(ext) trains on outliers pseudo-labelled by the classifier, so its key
+        names the outlier set and the classifier."""
+        cfg = self.config
+        cb_trainer = TRAINERS.get(cfg.cb.name)
+        cb_neutral = getattr(NETWORKS.get(cb_network_name(cfg.cb_network)), "neutral_settings", {})
+        cb_section = dict(cfg.cb)
+        if variant != "cb_ext":
+            cb_section = {k: v for k, v in cb_section.items() if k not in getattr(cb_trainer, "ext_only_settings", ())}
+        key = {"gan": gan_key, "cb_network": run_identity(cfg.cb_network, {"name": PAPER_CB, **cb_neutral}),
+               "cb": run_identity(cb_section, getattr(cb_trainer, "neutral_settings", {})), "variant": variant}
+        if self._cb_needs_classifier():
+            key.update(self._classifier_key())
+        if variant == "cb_ext":
+            key.update({"outlier_set": getattr(getattr(self.benchmark, "outlier", None), "name", None),
+                        **self._classifier_key()})
+        return key
 
     @torch.no_grad()
     def _pseudo_labelled_outliers(self, net) -> ImageArray:

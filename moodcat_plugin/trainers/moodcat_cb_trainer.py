@@ -95,6 +95,9 @@ class MoodcatCbTrainer(GradScalerCheckpoint, StepTrainer):
     config_schema = MoodcatCbConfig
     #: settings left out of the cache key at these values (see training.run_identity)
     neutral_settings = {"synthetic_negatives": [], "outlier_label": "wrong", **SPEED_NEUTRAL}
+    #: settings only Cb(ext) reads, left out of the plain Cb's cache key. ``outlier_batch_size`` is
+    #: read by Cb(ext) alone too, but every cached plain Cb is named with it: dropping it would orphan them.
+    ext_only_settings = ("outlier_label",)
     supports_distributed = True
 
     def __init__(self, net: ConditionalBinaryClassifier, train_loader, config, generator: MoodcatGAN,
