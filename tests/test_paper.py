@@ -244,3 +244,22 @@ def test_method_overrides_apply_to_that_methods_runs_only(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     assert paper_cli.main(["--table", "10", "--estimate", "--output-dir", str(tmp_path),
                            "--set", "postprocessors.moodcat.gan.cutmix=false"]) == 0  # table 10 runs moodcat_ext only
+
+
+def test_osr_cell_quotes_finished_splits_while_others_are_pending():
+    """Table 3 after one of its parts: the CIFAR cell has no mean (it promises three splits) but
+    says which split values exist; CIFAR+N cells, whose part has not run, say only 'pending'."""
+    from moodcat_plugin.paper.tables import Cell, table_lines
+
+    class OneSplitDone:
+        def metric(self, run, component, ood_set, metric):
+            if run.benchmark == "osr_cifar6_split0":
+                return Cell(71.5 if run.method == "msp" else 60.25)
+            return Cell(reason="not run: pending (CMD)")
+
+    table = load_tables(default_config_root())[3]
+    cells = {line.labels[0]: line.ours for line in table_lines(table, OneSplitDone())}
+    cifar, plus10, plus50 = cells["MSP"]
+    assert cifar.mean is None and cifar.reason == "not run: pending (CMD); finished 1 of 3: 71.50"
+    assert plus10.reason == plus50.reason == "not run: pending (CMD)"
+    assert cells["MOODCAT (ours)"][0].reason.endswith("finished 1 of 3: 60.25")

@@ -156,10 +156,22 @@ def _osr_lines(table: TableSpec, results: Results) -> List[Line]:
             runs = {run.benchmark: run for run in row.run.runs}
             unit_cells = [results.metric(runs[u.benchmark], row.run.component, u.ood_set, table.metrics[0])
                           for u in units]
-            missing = next((c for c in unit_cells if c.mean is None), None)
-            cells.append(missing if missing else Cell.of([c.mean for c in unit_cells]))
+            cells.append(_osr_cell(unit_cells))
         lines.append(Line(list(row.labels), row.paper, cells))
     return lines
+
+
+def _osr_cell(unit_cells: Sequence[Cell]) -> Cell:
+    """Mean ± std over a setting's splits or draws; while some are missing, no number (the header
+    promises a mean over all of them) but a reason that quotes the ones finished so far."""
+    missing = next((c for c in unit_cells if c.mean is None), None)
+    if missing is None:
+        return Cell.of([c.mean for c in unit_cells])
+    finished = [c.mean for c in unit_cells if c.mean is not None]
+    if not finished:
+        return missing
+    return Cell(reason=f"{missing.reason}; finished {len(finished)} of {len(unit_cells)}: "
+                       + ", ".join(f"{v:.2f}" for v in finished))
 
 
 # -- rendering ----------------------------------------------------------------------------------------------
