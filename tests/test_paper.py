@@ -263,3 +263,16 @@ def test_osr_cell_quotes_finished_splits_while_others_are_pending():
     assert cifar.mean is None and cifar.reason == "not run: pending (CMD); finished 1 of 3: 71.50"
     assert plus10.reason == plus50.reason == "not run: pending (CMD)"
     assert cells["MOODCAT (ours)"][0].reason.endswith("finished 1 of 3: 60.25")
+
+
+def test_pending_cells_name_the_command_that_resumes_the_same_runs():
+    """--set overrides and the device name the runs (they are in cache keys): a 'pending' cell's
+    command must repeat them, or rerunning it trains other models."""
+    args = paper_cli.parse_args(["--table", "3", "--part", "cifar-split0", "--output-dir", "/tmp/out dir",
+                                 "--device", "cpu", "--set", "num_threads=1",
+                                 "--set", "postprocessors.moodcat.gan.cutmix=false"])
+    assert paper_cli.command_line(args, 3) == (
+        "python scripts/reproduce_paper.py --table 3 --device cpu --output-dir '/tmp/out dir' "
+        "--set num_threads=1 --set postprocessors.moodcat.gan.cutmix=false")
+    plain = paper_cli.parse_args(["--table", "1"])
+    assert paper_cli.command_line(plain, 1, part="x") == "python scripts/reproduce_paper.py --table 1 --part x"

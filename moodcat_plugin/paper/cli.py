@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -58,14 +59,21 @@ def context(args):
 
 
 def command_line(args, table: int, part: Optional[str] = None) -> str:
-    """The command that (re)runs a table, for 'pending' cells and --list."""
+    """The command that (re)runs a table, for 'pending' cells and --list: with every option that
+    names its runs (profile, device, folders, --set overrides), so rerunning it resumes them
+    instead of training other models."""
     words = ["python scripts/reproduce_paper.py --table", str(table)]
     if part:
         words += ["--part", part]
     if args.profile != "cpu":
         words += ["--profile", args.profile]
-    if args.output_dir != Path("results"):
-        words += ["--output-dir", str(args.output_dir)]
+    for option, value in (("--device", args.device), ("--output-dir", args.output_dir),
+                          ("--checkpoint-dir", args.checkpoint_dir), ("--data-root", args.data_root),
+                          ("--config-root", args.config_root)):
+        if value is not None and not (option == "--output-dir" and value == Path("results")):
+            words += [option, shlex.quote(str(value))]
+    for override in args.overrides:
+        words += ["--set", shlex.quote(override)]
     return " ".join(words)
 
 
