@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from moodcat_plugin.pipeline import build_config
+from moodcat_plugin.evaluation import Evaluator
+from moodcat_plugin.pipeline import Runner, build_config
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,23 @@ def make_config(tmp_path, shared_checkpoints):
         return build_config(benchmark, list(methods), profile, overrides=list(overrides), flags=base_flags)
 
     return factory
+
+
+@pytest.fixture
+def shrink():
+    """``shrink(runner, count=24)`` keeps the first ``count`` images of every evaluation set (train is
+    left whole): scoring with the full-size random VGG trunks of LPIPS/DISTS dominates a tiny run."""
+
+    def keep_first(runner: Runner, count: int = 24) -> Runner:
+        bench = runner.benchmark
+        bench.id = {k: (v if k == "train" else v.subset(slice(0, count))) for k, v in bench.id.items()}
+        bench.ood_val = bench.ood_val.subset(slice(0, count))
+        bench.near = {k: v.subset(slice(0, count)) for k, v in bench.near.items()}
+        bench.far = {k: v.subset(slice(0, count)) for k, v in bench.far.items()}
+        runner.evaluator = Evaluator(runner.config, bench, runner.results_dir)
+        return runner
+
+    return keep_first
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,6 @@ from torch import nn
 
 from moodcat_plugin.data import make_loader
 from moodcat_plugin.errors import ConfigError, MissingWeightsError
-from moodcat_plugin.evaluation import Evaluator
 from moodcat_plugin.moodcat.scorers import DISTSScorer, LPIPSScorer, required_weight_files
 from moodcat_plugin.pipeline import Runner, method_config
 from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
@@ -36,17 +35,6 @@ def no_download(monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-
-
-def shrink(runner: Runner, count: int = 24) -> Runner:
-    """Keep the first ``count`` images of every evaluation set (train is left whole)."""
-    bench = runner.benchmark
-    bench.id = {k: (v if k == "train" else v.subset(slice(0, count))) for k, v in bench.id.items()}
-    bench.ood_val = bench.ood_val.subset(slice(0, count))
-    bench.near = {k: v.subset(slice(0, count)) for k, v in bench.near.items()}
-    bench.far = {k: v.subset(slice(0, count)) for k, v in bench.far.items()}
-    runner.evaluator = Evaluator(runner.config, bench, runner.results_dir)
-    return runner
 
 
 # -- scorers ---------------------------------------------------------------------------------------
@@ -162,7 +150,7 @@ def _final_checkpoints(checkpoint_dir: Path) -> dict:
     return {p.parent.name: p.stat().st_mtime_ns for p in Path(checkpoint_dir).glob("demo-moodcat*/final.ckpt")}
 
 
-def test_end_to_end_rows_grids_and_cache_reuse(make_config, no_download):
+def test_end_to_end_rows_grids_and_cache_reuse(make_config, no_download, shrink):
     cfg = make_config(["moodcat"])
     checkpoints = Path(cfg.checkpoint_dir)  # shared by the session: compare snapshots, not counts
     runner = shrink(Runner(cfg))

@@ -27,9 +27,9 @@ def test_every_registered_trainer_is_used_by_a_config():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_method_runs_on_tiny_demo(make_config, method):
+def test_method_runs_on_tiny_demo(make_config, shrink, method):
     cfg = make_config([method])
-    runner = Runner(cfg)
+    runner = shrink(Runner(cfg))
     runner.run_method(method)
     markdown = runner.leaderboard()
     assert f"| {method} |" in markdown
