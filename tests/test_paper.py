@@ -246,6 +246,23 @@ def test_method_overrides_apply_to_that_methods_runs_only(tmp_path, capsys):
                            "--set", "postprocessors.moodcat.gan.cutmix=false"]) == 0  # table 10 runs moodcat_ext only
 
 
+def test_a_set_that_a_table_row_fixes_is_a_one_line_error(tmp_path, capsys):
+    """A row's own settings define the table and are applied last: a ``--set`` of the same key (or of
+    a section holding it) would be silently ignored, so it is refused before anything runs. Keys
+    that only share a prefix of their name (gan / gan_network) do not clash."""
+    def main(table, override):
+        return paper_cli.main(["--table", table, "--estimate", "--output-dir", str(tmp_path), "--set", override])
+
+    assert main("3", "postprocessors.moodcat.gan.cutmix_consistency=detached") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set postprocessors.moodcat.gan.cutmix_consistency=detached: the table fixes "
+                          'postprocessors.moodcat.gan.cutmix_consistency="joint" for \'moodcat on osr_cifar6_split0')
+    assert len(err.strip().splitlines()) == 1
+    assert main("6", "postprocessors.moodcat.gan_network={}") == 2
+    assert "the table fixes postprocessors.moodcat.gan_network.conditional=false" in capsys.readouterr().err
+    assert main("6", "postprocessors.moodcat.gan.cutmix=false") == 0  # PAPER.md's Table 6 cifar100 flag
+
+
 def test_osr_cell_quotes_finished_splits_while_others_are_pending():
     """Table 3 after one of its parts: the CIFAR cell has no mean (it promises three splits) but
     says which split values exist; CIFAR+N cells, whose part has not run, say only 'pending'."""

@@ -43,7 +43,7 @@ SPEC_KEYS = SOURCES + ("classes",)
 GET_DATA_HINT = (
     "Pass --data-root with the npz data pack (files like cifar10_test.npz) or OpenOOD's layout "
     "(benchmark_imglist/ and images_classic/, see OpenOOD's scripts/download), "
-    "or run the embedded demo with --benchmark demo."
+    "or try the embedded demo: python scripts/run_benchmark.py --benchmark demo."
 )
 
 

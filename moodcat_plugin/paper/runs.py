@@ -85,10 +85,30 @@ def check_method_overrides(ctx: Context) -> None:
                               f"fix the method name or drop the setting")
 
 
+def _key_path(override: str) -> List[str]:
+    return override.split("=", 1)[0].strip().split(".")
+
+
+def table_settings(run: RunSpec, ctx: Context) -> List[str]:
+    """``run``'s own settings (its table row's) as full ``--set`` strings. A ``--set`` naming one of
+    them, or a section holding one, is a one-line error: the row's value would silently win (a
+    table's row settings are its definition, configs/paper/tables.yml)."""
+    fixed = [f"postprocessors.{run.method}.{o}" for o in run.overrides]
+    for override in overrides_for(run, ctx):
+        user = _key_path(override)
+        for setting in fixed:
+            table = _key_path(setting)
+            if table[:len(user)] == user or user[:len(table)] == table:
+                raise ConfigError(f"--set {override}: the table fixes {setting} for '{run.describe()}', so this "
+                                  f"setting would be ignored; drop it (the table's settings are in "
+                                  f"configs/paper/tables.yml)")
+    return fixed
+
+
 def run_config(run: RunSpec, ctx: Context) -> Config:
     """The validated run config of ``run`` (cached per context); ``output_dir`` is the run's folder."""
     if run not in ctx._configs:
-        overrides = overrides_for(run, ctx) + [f"postprocessors.{run.method}.{o}" for o in run.overrides]
+        overrides = overrides_for(run, ctx) + table_settings(run, ctx)
         config = build_config(run.benchmark, [run.method], ctx.profile, overrides=overrides, flags=ctx.flags(),
                               config_root=ctx.config_root)
         _choose_ood_sets(config, run, ctx.config_root)
