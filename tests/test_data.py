@@ -50,6 +50,9 @@ def test_missing_data_root(tmp_path):
     spec = _spec(id={"train": {"npz": "tr"}, "val": {"npz": "va"}, "test": {"npz": "te"}}, ood_val={"npz": "x"})
     with pytest.raises(DataError, match="does not exist.*--benchmark demo"):
         load_benchmark(spec, str(tmp_path / "nowhere"))
+    (tmp_path / "pack.npz").write_bytes(b"")
+    with pytest.raises(DataError, match="pack.npz is a file, not a folder"):
+        load_benchmark(spec, str(tmp_path / "pack.npz"))
 
 
 def test_wrong_number_of_classes(tmp_path):

@@ -73,7 +73,8 @@ def detect_source(data_root: Optional[Path], spec_sources: List[str]) -> str:
     if data_root is None:
         raise DataError(f"this benchmark needs a data folder. {GET_DATA_HINT}")
     if not data_root.is_dir():
-        raise DataError(f"data folder {data_root} does not exist. {GET_DATA_HINT}")
+        what = "is a file, not a folder" if data_root.exists() else "does not exist"
+        raise DataError(f"data folder {data_root} {what}. {GET_DATA_HINT}")
     return "imglist" if (data_root / "benchmark_imglist").is_dir() else "npz"
 
 
