@@ -163,7 +163,8 @@ def ablation(args) -> str:
     variants = [v for v in spec["variants"] if not args.variants or v["name"] in args.variants]
     unknown = set(args.variants or []) - {v["name"] for v in spec["variants"]}
     if unknown:
-        raise UserError(f"unknown variant(s) {sorted(unknown)} in {args.ablation}")
+        raise UserError(f"unknown variant(s) {sorted(unknown)} in {args.ablation}; its variants: "
+                        f"{', '.join(v['name'] for v in spec['variants'])}")
     for variant in variants if args.stage != "table" else []:
         variant_config(args, variant, spec)  # every variant's config is checked before any trains
     for variant in variants if args.stage != "table" else []:

@@ -152,7 +152,7 @@ def test_protocol_script_writes_a_separate_titled_table(tmp_path):
     assert not (out / "demo" / "leaderboard.md").exists()  # never a leaderboard row
 
 
-def test_ablation_script_writes_one_table_of_variants(tmp_path):
+def test_ablation_script_writes_one_table_of_variants(tmp_path, capsys):
     moodcat_ablation = _script("moodcat_ablation")
 
     out = tmp_path / "out"
@@ -169,7 +169,10 @@ def test_ablation_script_writes_one_table_of_variants(tmp_path):
     (out / "ablation" / "demo" / "moodcat_deployable.md").unlink()
     assert moodcat_ablation.main([*common, "--stage", "table"]) == 0  # rewrites the table, scores nothing
     assert (out / "ablation" / "demo" / "moodcat_deployable.md").read_text() == table
+    capsys.readouterr()
     assert moodcat_ablation.main([*common, "--variants", "no_such_variant"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown variant(s) ['no_such_variant'] in " in err and "; its variants: paper_cb500, paper, paper_k4," in err
 
 
 def test_classifier_lpips_is_zero_for_identical_images_and_grows_with_change():
