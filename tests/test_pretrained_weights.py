@@ -13,7 +13,7 @@ import torch
 
 from moodcat_plugin.cli import main
 from moodcat_plugin.config import Config, merge
-from moodcat_plugin.errors import ConfigError
+from moodcat_plugin.errors import ConfigError, UserError
 from moodcat_plugin.moodcat.weights import (MANIFEST, export_weights, find_cb_run, full, load_weights, read_manifest,
                                            sha256_of)
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
@@ -106,6 +106,19 @@ def test_unlisted_or_foreign_weights_are_refused(tiny_weights, tmp_path, capsys)
     config = merge(config, {"postprocessors": pretrained_flags(["moodcat"], str(path), ROOT / "configs")})
     with pytest.raises(ConfigError, match=r"were trained on demo \(6 classes\), this run is cifar10 \(10 classes\)"):
         MoodcatPostprocessor(method_config(Config(config), "moodcat"))
+
+
+def test_export_names_a_run_folder_of_the_wrong_kind(tiny_weights, tmp_path):
+    """--gan given a classifier or Cb run, or --cb given the generator run: one line naming both kinds."""
+    checkpoints = tiny_weights[0].parents[1] / "train" / "checkpoints"
+    gan, cb, classifier = (next(checkpoints.glob(f"demo-{kind}-*")) for kind in ("moodcat_gan", "moodcat_cb", "base"))
+    for source, found in ((classifier, "classifier"), (cb, "Cb")):
+        with pytest.raises(UserError, match=f"is a {found} run, not a MOODCAT generator run: give a "
+                                            r"checkpoints/<benchmark>-moodcat_gan-<hash> folder"):
+            export_weights(source, tmp_path / "x.pt")
+    with pytest.raises(UserError, match="is a MOODCAT generator run, not a Cb run"):
+        export_weights(gan, tmp_path / "x.pt", cb=gan)
+    assert not (tmp_path / "x.pt").exists()
 
 
 def _free_port() -> int:

@@ -136,6 +136,22 @@ def _run_config(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
+#: the config section that tells each kind of run folder apart, and the kind's folder name
+RUN_KINDS = {"gan_network": ("MOODCAT generator", "moodcat_gan"), "cb_network": ("Cb", "moodcat_cb"),
+             "network": ("classifier", "base")}
+
+
+def _run_config_of(folder: Path, section: str) -> dict:
+    """``folder``'s run config, after a one-line error if it is another kind of run than ``section``'s."""
+    config = _run_config(folder)
+    if section not in config:
+        wanted, name = RUN_KINDS[section]
+        found = next((kind for key, (kind, _) in RUN_KINDS.items() if key in config), "unknown")
+        raise UserError(f"{folder} is a {found} run, not a {wanted} run: give a "
+                        f"checkpoints/<benchmark>-{name}-<hash> folder")
+    return config
+
+
 def _gan_source(source: Path) -> dict:
     """What the export takes from the generator: a run folder or an exported weights file."""
     if source.is_file():
@@ -144,7 +160,7 @@ def _gan_source(source: Path) -> dict:
                 "gan_network": content["gan_network"], "modules": {p: content["modules"][p] for p in GAN_PARTS},
                 "identity": _gan_identity(source),
                 "provenance": {k: v for k, v in content["provenance"].items() if not k.startswith("cb")}}
-    config = _run_config(source)
+    config = _run_config_of(source, "gan_network")
     state, history, steps, finished = _run_folder_weights(source)
     batch = int(config["gan"]["batch_size"])
     embedding = state.get("decoder.shared_embedding.weight")  # absent in the unconditional ablation
@@ -158,7 +174,7 @@ def _gan_source(source: Path) -> dict:
 
 
 def _cb_source(folder: Path, gan_identity: dict) -> dict:
-    config = _run_config(folder)
+    config = _run_config_of(folder, "cb_network")
     if config["cb_network"].get("name", "moodcat_cb") != "moodcat_cb":
         raise UserError(f"{folder} trained a {config['cb_network'].get('name')} Cb; only the paper's moodcat_cb is shipped")
     if config.get("variant") != "cb":
