@@ -13,9 +13,9 @@ import torch
 
 from moodcat_plugin.cli import main
 from moodcat_plugin.config import Config, merge
-from moodcat_plugin.errors import ConfigError, UserError
+from moodcat_plugin.errors import CheckpointError, ConfigError, UserError
 from moodcat_plugin.moodcat.weights import (MANIFEST, export_weights, find_cb_run, full, load_weights, read_manifest,
-                                           sha256_of)
+                                           sha256_of, verify)
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.pipeline import Runner, build_config, method_config, pretrained_flags
@@ -106,6 +106,14 @@ def test_unlisted_or_foreign_weights_are_refused(tiny_weights, tmp_path, capsys)
     config = merge(config, {"postprocessors": pretrained_flags(["moodcat"], str(path), ROOT / "configs")})
     with pytest.raises(ConfigError, match=r"were trained on demo \(6 classes\), this run is cifar10 \(10 classes\)"):
         MoodcatPostprocessor(method_config(Config(config), "moodcat"))
+
+
+def test_missing_weights_file_or_a_folder_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="none.pt not found; check the path"):
+        verify(tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="is a folder, not a weights file; check the path .* export one from a "
+                                              "training run with scripts/export_moodcat_weights.py"):
+        verify(tmp_path)
 
 
 def test_export_names_a_run_folder_of_the_wrong_kind(tiny_weights, tmp_path):

@@ -73,8 +73,10 @@ def verify(path: Path | str) -> str:
     """sha256 of ``path`` after checking it against its entry in ``MANIFEST.json`` beside it."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"pretrained weights file {path} not found; check the path (--pretrained / "
-                              "postprocessors.<method>.pretrained.file) or export one with scripts/export_moodcat_weights.py")
+        what = "is a folder, not a weights file" if path.is_dir() else "not found"
+        raise CheckpointError(f"pretrained weights file {path} {what}; check the path (--pretrained / "
+                              "postprocessors.<method>.pretrained.file) or export one from a training run with "
+                              "scripts/export_moodcat_weights.py")
     entry = read_manifest(path.parent)["files"].get(path.name)
     if not entry or "sha256" not in entry:
         raise CheckpointError(f"pretrained weights {path} have no sha256 in {path.parent / MANIFEST}, so they cannot be "
