@@ -93,6 +93,13 @@ def unknown_key_message(key: str, valid: Iterable[str], where: str) -> str:
     return f"unknown config key '{key}'{location}.{hint} Valid keys: {', '.join(valid)}."
 
 
+def _yaml_error_text(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: what' on one line (PyYAML's own message spans several)."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem or ' '.join(str(exc).split())}"
+
+
 def load_yaml(path: Path | str) -> dict:
     """Read one YAML mapping; errors name the file."""
     path = Path(path)
@@ -101,7 +108,7 @@ def load_yaml(path: Path | str) -> dict:
     try:
         data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid YAML{_yaml_error_text(exc)}; fix the file") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

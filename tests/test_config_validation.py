@@ -93,6 +93,18 @@ def test_typos_in_config_files_fail_at_load(tmp_path, capsys, method, relative, 
     assert len(err) == 1 and err[0].startswith(f"error: {message}")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("trainer:\n  num_epochs: [1\n", "is not valid YAML at line 3, column 1: expected ',' or ']', but got '<stream end>'"),
+    ('!!python/object/apply:os.system ["echo hi"]\n',  # safe loading: a config file never runs code
+     "is not valid YAML at line 1, column 1: could not determine a constructor for the tag "
+     "'tag:yaml.org,2002:python/object/apply:os.system'"),
+])
+def test_broken_yaml_file_is_one_line_with_its_position(tmp_path, capsys, text, message):
+    extra = tmp_path / "extra.yml"
+    extra.write_text(text)
+    assert_refused_before_any_work(*run_cli(tmp_path, capsys, "--config", str(extra)), f"{extra} {message}; fix the file")
+
+
 # -- numbers as people write them ----------------------------------------------------------------------
 @pytest.mark.parametrize("text, value", [
     ("1e-3", 0.001), ("5e-5", 5e-5), ("1.0e+10", 1e10), ("-1e-4", -1e-4), ("1.0e10", 1e10), ("2E3", 2000.0),
