@@ -160,7 +160,8 @@ def parse_override(text: str) -> dict:
     try:
         value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"override '{text}': the value is not valid YAML{_yaml_error_text(exc)}; quote it "
+                          f"or fix the brackets (lists: [1, 2])") from exc
     nested: dict = {}
     cursor = nested
     keys = [k for k in dotted.strip().split(".") if k]

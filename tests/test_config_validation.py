@@ -37,6 +37,8 @@ def assert_refused_before_any_work(code, err_lines, out, message):
     (["--set", "trainer.lr=abc"], "config key 'trainer.lr' must be a number > 0, got 'abc'"),
     (["--set", "seed=abc"], "config key 'seed' must be an integer >= 0, got 'abc'"),
     (["--seed", "-1"], "config key 'seed' must be an integer >= 0, got -1"),
+    (["--set", "trainer.num_epochs=[1"], "override 'trainer.num_epochs=[1': the value is not valid YAML at line 1, "
+     "column 3: expected ',' or ']', but got '<stream end>'; quote it or fix the brackets (lists: [1, 2])"),
     (["--set", "trainer=5"], "config key 'trainer' must be a section (a mapping of keys), got 5"),
     (["--set", "dataset.normalization.mean=[0.5]"],
      "config key 'dataset.normalization.mean' must be a list of 3 numbers (one per RGB channel), got [0.5]"),
