@@ -60,10 +60,15 @@ class Context:
 
 
 # -- configs ---------------------------------------------------------------------------------------------
+def _key_path(override: str) -> List[str]:
+    """The dotted key of a ``key=value`` override, as its parts."""
+    return override.split("=", 1)[0].strip().split(".")
+
+
 def method_of(override: str) -> Optional[str]:
     """The method a ``--set`` override belongs to (``postprocessors.<method>.<key>=...``), None for a
     run-wide key such as ``num_threads=1``."""
-    parts = override.split("=", 1)[0].strip().split(".")
+    parts = _key_path(override)
     return parts[1] if len(parts) > 2 and parts[0] == "postprocessors" else None
 
 
@@ -83,10 +88,6 @@ def check_method_overrides(ctx: Context) -> None:
         if method is not None and method not in known:
             raise ConfigError(f"--set {override}: there is no method '{method}' (methods: {', '.join(known)}); "
                               f"fix the method name or drop the setting")
-
-
-def _key_path(override: str) -> List[str]:
-    return override.split("=", 1)[0].strip().split(".")
 
 
 def table_settings(run: RunSpec, ctx: Context) -> List[str]:
