@@ -26,6 +26,22 @@ def group_mean(row: dict, group: str, key: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def check_comparable(folders, boards) -> None:
+    """One-line errors for runs whose mean would not mean 'the same thing over seeds': fewer than two
+    distinct folders, other benchmarks, or a method scored on other OOD sets in one of them."""
+    if len({Path(f).resolve() for f in folders}) < 2:
+        raise UserError("give at least two different results folders (one per seed); a spread needs two runs")
+    benchmarks = {board.get("benchmark") for board in boards}
+    if len(benchmarks) != 1:
+        raise UserError(f"the leaderboards are of different benchmarks ({', '.join(sorted(map(str, benchmarks)))}); "
+                        "aggregate the runs of one benchmark")
+    for row in boards[0]["rows"]:
+        sets = {tuple(sorted(r["datasets"])) for b in boards for r in b["rows"] if r["method"] == row["method"]}
+        if len(sets) > 1:
+            raise UserError(f"method {row['method']} was scored on other OOD sets in some runs "
+                            f"({' vs '.join(', '.join(s) for s in sorted(sets))}); rerun them on the same data")
+
+
 def aggregate(folders) -> str:
     boards = []
     for folder in folders:
@@ -33,6 +49,7 @@ def aggregate(folders) -> str:
         if not path.is_file():
             raise UserError(f"{path} does not exist; pass benchmark results folders written by run_benchmark.py")
         boards.append(json.loads(path.read_text()))
+    check_comparable(folders, boards)
     conventions = {board["fpr_convention"] for board in boards}
     if len(conventions) != 1:
         raise UserError(f"the leaderboards use different FPR conventions {sorted(conventions)}; rebuild them with one")

@@ -125,3 +125,15 @@ def test_aggregate_seeds_gives_mean_and_std_over_runs(tmp_path, capsys):
     assert aggregate_seeds.main([str(f) for f in folders]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("| msp"))
     assert line == "| msp | 90.00 ± 0.00 | 70.00 ± 10.00 | 90.00 ± 0.00 | 50.00 ± 0.00 | 20.00 ± 0.00 |"
+    # runs that would not average over seeds of one experiment: one line each, no table
+    assert aggregate_seeds.main([str(folders[0]), str(folders[0])]) == 2
+    assert "give at least two different results folders" in capsys.readouterr().err
+    other = board(tmp_path / "c100", 0.7, 0.5)
+    board_file = other / "leaderboard.json"
+    board_file.write_text(board_file.read_text().replace('{"fpr_convention"', '{"benchmark": "cifar100", "fpr_convention"'))
+    assert aggregate_seeds.main([str(folders[0]), str(other)]) == 2
+    assert "the leaderboards are of different benchmarks (None, cifar100)" in capsys.readouterr().err
+    fewer = board(tmp_path / "s2", 0.7, 0.9)
+    (fewer / "leaderboard.json").write_text((fewer / "leaderboard.json").read_text().replace('"a": {', '"c": {'))
+    assert aggregate_seeds.main([str(f) for f in folders] + [str(fewer)]) == 2
+    assert "method msp was scored on other OOD sets in some runs (a, b vs b, c)" in capsys.readouterr().err
