@@ -43,7 +43,7 @@ import torch
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
-from moodcat_plugin.config import Config, load_yaml
+from moodcat_plugin.config import Config, ConfigError, load_yaml
 from moodcat_plugin.data import ImageArray, make_loader
 from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
@@ -51,6 +51,7 @@ from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
 from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
 from moodcat_plugin.trainers.moodcat_gan_trainer import GAN_SPEED_DEFAULTS, MoodcatGANTrainer
+from moodcat_plugin.utils import resolve_device
 
 NUM_CLASSES = 10
 IMAGES = 4096                       # synthetic training set resident on the device
@@ -243,12 +244,24 @@ def machine_line(device: torch.device, threads: int) -> str:
     return f"{what}; {platform.platform()}, torch {torch.__version__}, python {platform.python_version()}"
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 would silently mean 'the default' below)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    parser.add_argument("--batch", type=int, help="batch size (default: 384 on CUDA, as the paper; 64 on CPU)")
-    parser.add_argument("--steps", type=int, help="timed training steps per rate (default: 30 on CUDA, 3 on CPU)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--batch", type=positive_int, help="batch size (default: 384 on CUDA, as the paper; 64 on CPU)")
+    parser.add_argument("--steps", type=positive_int,
+                        help="timed training steps per rate (default: 30 on CUDA, 3 on CPU)")
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--variants", nargs="+", choices=["default", "fast", "fast-fp32"],
                         help="speed options measured (default: default fast on CUDA, default fast-fp32 on CPU)")
@@ -256,13 +269,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also compare N-step GAN loss curves of the variants (cpu size)")
     parser.add_argument("--only-curves", action="store_true", help="skip the throughput table")
     parser.add_argument("--compare-resnet", action="store_true", help="also time MOODCAT scoring against ResNet-18")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.device = resolve_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
-    device = torch.device(args.device)
+    device = args.device
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
