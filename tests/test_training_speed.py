@@ -132,3 +132,20 @@ def test_gpu_profile_uses_the_fast_settings(make_config):
     gan, cb = cfg.postprocessors.moodcat.gan, cfg.postprocessors.moodcat.cb
     assert (gan.concat_d_forward, gan.amp, gan.fused_optimizer) == (True, "bf16", True)
     assert (cb.amp, cb.fused_optimizer) == ("bf16", True)
+
+
+def test_speed_benchmark_refuses_sizes_below_one_and_a_missing_device(capsys):
+    """The benchmark script's options fail in argparse, one line each (``--batch 0`` used to become 64)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    bench = importlib.import_module("bench_moodcat_speed")
+    for argv, message in ((["--batch", "0"], "argument --batch: must be an integer >= 1, got '0'"),
+                          (["--threads", "-3"], "argument --threads: must be an integer >= 1, got '-3'"),
+                          (["--device", "tpu"], "unknown device 'tpu'; use auto, cpu or cuda")):
+        with pytest.raises(SystemExit) as stop:
+            bench.parse_args(argv)
+        assert stop.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {message}")
+    assert bench.parse_args(["--device", "auto", "--batch", "8"]).batch == 8
