@@ -1,6 +1,10 @@
 """Shared fixtures: tiny configs on the embedded demo benchmark (no ../shared needed)."""
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +17,15 @@ from moodcat_plugin.pipeline import Runner, build_config
 def shared_checkpoints(tmp_path_factory):
     """One checkpoint folder for the whole session: identical tiny models are trained once."""
     return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture
+def script():
+    """``script(name)`` imports ``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    folder = str(Path(__file__).resolve().parents[1] / "scripts")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module
 
 
 @pytest.fixture

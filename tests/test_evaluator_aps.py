@@ -106,12 +106,9 @@ def test_histogram_edges_clip_extremes_and_survive_constant_scores():
     assert constant[0] < 3.0 < constant[-1]
 
 
-def test_aggregate_seeds_gives_mean_and_std_over_runs(tmp_path, capsys):
+def test_aggregate_seeds_gives_mean_and_std_over_runs(tmp_path, capsys, script):
     import json
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import aggregate_seeds
+    aggregate_seeds = script("aggregate_seeds")
 
     def board(folder, auroc_near, acc):
         folder.mkdir(parents=True)

@@ -1,8 +1,5 @@
 """MOODCAT variants for the deployable protocol (issue 8): each a config switch."""
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import torch
 import yaml
@@ -20,14 +17,6 @@ from moodcat_plugin.pipeline import Runner, default_config_root, method_config
 from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _script(name: str):
-    """Import one of scripts/*.py as a module."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    return importlib.import_module(name)
 
 
 def test_synthetic_outliers_keep_shape_and_drop_same_class_mixes():
@@ -138,8 +127,8 @@ def test_protocols_condition_on_what_their_header_says():
     assert len(random.unique()) > 5  # OOD labels drawn at random, not the prediction
 
 
-def test_protocol_script_writes_a_separate_titled_table(tmp_path):
-    moodcat_protocols = _script("moodcat_protocols")
+def test_protocol_script_writes_a_separate_titled_table(tmp_path, script):
+    moodcat_protocols = script("moodcat_protocols")
 
     out = tmp_path / "out"
     assert moodcat_protocols.main(["-b", "demo", "--profile", "tiny", "--output-dir", str(out), "--no-progress",
@@ -152,8 +141,8 @@ def test_protocol_script_writes_a_separate_titled_table(tmp_path):
     assert not (out / "demo" / "leaderboard.md").exists()  # never a leaderboard row
 
 
-def test_ablation_script_writes_one_table_of_variants(tmp_path, capsys):
-    moodcat_ablation = _script("moodcat_ablation")
+def test_ablation_script_writes_one_table_of_variants(tmp_path, capsys, script):
+    moodcat_ablation = script("moodcat_ablation")
 
     out = tmp_path / "out"
     common = ["-b", "demo", "--profile", "tiny", "--output-dir", str(out), "--no-progress", "--set", "device=cpu"]
@@ -190,9 +179,9 @@ def test_classifier_lpips_is_zero_for_identical_images_and_grows_with_change():
     assert not any(k.startswith("classifier") for k in scorer.state_dict())
 
 
-def test_ablation_table_shows_a_variant_without_cb():
+def test_ablation_table_shows_a_variant_without_cb(script):
     """A variant with no Cb (classifier_lpips alone) has no Cb accuracy: '-' in the table, not a crash."""
-    moodcat_ablation = _script("moodcat_ablation")
+    moodcat_ablation = script("moodcat_ablation")
 
     datasets = {"near_set": {"group": "near", "AUROC": 0.6, "FPR@95_ood_positive": 0.9},
                 "far_set": {"group": "far", "AUROC": 0.7, "FPR@95_ood_positive": 0.8}}
@@ -221,9 +210,9 @@ def test_moodcat_plus_is_the_ablation_variant_it_was_chosen_as(make_config):
         assert plus.cb_network.name == "feature_comparator_cb"
 
 
-def test_every_shipped_variant_builds_and_a_bad_one_stops_before_training(tmp_path):
+def test_every_shipped_variant_builds_and_a_bad_one_stops_before_training(tmp_path, script):
     """All variants are checked up front: a typo in the last one must not cost the earlier ones' training."""
-    moodcat_ablation = _script("moodcat_ablation")
+    moodcat_ablation = script("moodcat_ablation")
 
     shipped = default_config_root() / "ablations" / "moodcat_deployable.yml"
     spec = yaml.safe_load(shipped.read_text())

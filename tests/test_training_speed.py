@@ -134,14 +134,9 @@ def test_gpu_profile_uses_the_fast_settings(make_config):
     assert (cb.amp, cb.fused_optimizer) == ("bf16", True)
 
 
-def test_speed_benchmark_refuses_sizes_below_one_and_a_missing_device(capsys):
+def test_speed_benchmark_refuses_sizes_below_one_and_a_missing_device(capsys, script):
     """The benchmark script's options fail in argparse, one line each (``--batch 0`` used to become 64)."""
-    import importlib
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    bench = importlib.import_module("bench_moodcat_speed")
+    bench = script("bench_moodcat_speed")
     for argv, message in ((["--batch", "0"], "argument --batch: must be an integer >= 1, got '0'"),
                           (["--threads", "-3"], "argument --threads: must be an integer >= 1, got '-3'"),
                           (["--device", "tpu"], "unknown device 'tpu'; use auto, cpu or cuda")):
