@@ -94,7 +94,7 @@ def test_imported_weights_compute_the_authors_outputs(classes, fixture, tmp_path
     paths = write_reference_files(tmp_path, classes, meta)
     out = tmp_path / "weights" / f"authors_{BENCHMARKS[classes]}.pt"
     out.parent.mkdir()
-    import_authors_weights(BENCHMARKS[classes], paths["encoder"], paths["generator"], out, cb=paths["cb"])
+    import_authors_weights(BENCHMARKS[classes], classes, paths["encoder"], paths["generator"], out, cb=paths["cb"])
     gan, cb = imported_networks(out, classes)
     t = {k: torch.from_numpy(v) for k, v in numbers.items()}
     y = torch.tensor(meta["labels"][str(classes)])
@@ -124,7 +124,7 @@ def test_the_authors_cb_needs_the_relu_shortcut(fixture, tmp_path):
     numbers, meta = fixture
     paths = write_reference_files(tmp_path, 10, meta)
     out = tmp_path / "authors_cifar10.pt"
-    import_authors_weights("cifar10", paths["encoder"], paths["generator"], out, cb=paths["cb"])
+    import_authors_weights("cifar10", 10, paths["encoder"], paths["generator"], out, cb=paths["cb"])
     _, cb = imported_networks(out, 10)
     plain = ConditionalBinaryClassifier(10, ch=64, relu_shortcut=False).eval()
     plain.load_state_dict(cb.state_dict())

@@ -49,7 +49,7 @@ from moodcat_plugin.utils import atomic_torch_save, atomic_write_json
 
 GAN_NETWORK = {"name": "moodcat_gan", "ch": 32, "latent_dim": 128, "disc_ch": 32, "conditional": True}
 CB_NETWORK = {"name": "moodcat_cb", "ch": 64, "relu_shortcut": True}
-BENCHMARK_CLASSES = {"cifar10": 10, "cifar100": 100}
+BENCHMARK_OF_CLASSES = {10: "cifar10", 100: "cifar100"}  # the two sets the authors released weights for
 GENERATOR_SN_EPS = 1e-8  # the authors' parser default (--SN_eps), used by their eval power step
 DOWNLOAD_HINT = ("download it again from the authors' Google Drive folder (cure-lab/MOODCat README, "
                  "ckpt/<benchmark>_ind/)")
@@ -117,12 +117,13 @@ def read_reference_file(path: Path | str) -> Dict[str, torch.Tensor]:
 
 
 def _load_failure(path: Path, exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
-        return (f"{path} needs code to be unpickled ({text[:160]}...); refused, nothing in it was run: "
-                "re-save its tensors with torch.save(state_dict) on a trusted machine, or download the original "
-                "again")
-    return f"{path} cannot be read (truncated or not a torch file: {type(exc).__name__}: {text[:120]}); {DOWNLOAD_HINT}"
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if code or "weights_only" in text.lower() or "weights only" in text.lower():
+        needs = f"it names {code.group(1)}" if code else text[:120]
+        return (f"{path} needs code to be unpickled ({needs}); refused, nothing in it was run: re-save its tensors "
+                "with torch.save(state_dict) on a trusted machine, or download the original again")
+    return f"{path} cannot be read (truncated or not a torch file: {type(exc).__name__}: {text[:100]}); {DOWNLOAD_HINT}"
 
 
 # -- converting --------------------------------------------------------------------------------
@@ -177,16 +178,15 @@ def _benchmarks_named_in(path: Path) -> set:
     return {"cifar" + m for m in re.findall(r"cifar[-_]?(100|10)(?!\d)", str(path).lower())}
 
 
-def check_source(path: Path, state: Dict[str, torch.Tensor], what: str, benchmark: str) -> None:
+def check_source(path: Path, state: Dict[str, torch.Tensor], what: str, benchmark: str, classes: int) -> None:
     """One-line errors: a file of another benchmark (by its class count or its path)."""
-    classes = BENCHMARK_CLASSES[benchmark]
     found = _class_count(state, {"generator": "shared.weight", "cb": "embedding.weight_orig"}.get(what, ""))
     if found is not None and found != classes:
-        other = next((b for b, c in BENCHMARK_CLASSES.items() if c == found), f"a {found}-class set")
+        other = BENCHMARK_OF_CLASSES.get(found, f"a {found}-class benchmark")
         raise UserError(f"{path} is a {found}-class {what} ({other}), but --benchmark {benchmark} has {classes} "
                         f"classes: give the {benchmark} file (ckpt/{benchmark}_ind/...) or --benchmark {other}")
     named = _benchmarks_named_in(path)
-    if named and benchmark not in named:
+    if named and not any(benchmark.startswith(name) and not benchmark.startswith(name + "0") for name in named):
         raise UserError(f"{path} is named after {', '.join(sorted(named))}, not {benchmark}: give the {benchmark} "
                         f"file (ckpt/{benchmark}_ind/...), or rename it if it really is {benchmark}'s")
 
@@ -221,18 +221,16 @@ def generator_kind(path: Path) -> str:
 
 
 # -- importing ---------------------------------------------------------------------------------
-def import_authors_weights(benchmark: str, encoder: Path | str, generator: Path | str, out: Path | str,
-                           cb: Optional[Path | str] = None, notes: Optional[dict] = None) -> dict:
-    """Convert the authors' E, G [and Cb] files for ``benchmark`` into our weights file ``out``
-    (fp32: the import is exact) and record it in the ``MANIFEST.json`` beside it, with each source
-    file's sha256 and what it is. Returns the manifest entry. Nothing is written on any error."""
+def import_authors_weights(benchmark: str, num_classes: int, encoder: Path | str, generator: Path | str,
+                           out: Path | str, cb: Optional[Path | str] = None, notes: Optional[dict] = None) -> dict:
+    """Convert the authors' E, G [and Cb] files into our weights file ``out`` for ``benchmark``
+    (``num_classes`` classes; cifar10 / cifar100 and their SC-OOD variants for the released files)
+    in fp32 (the import is exact), and record it in the ``MANIFEST.json`` beside it with each
+    source file's sha256 and what it is. Returns the manifest entry. Nothing is written on any error."""
     from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
     from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 
-    if benchmark not in BENCHMARK_CLASSES:
-        raise UserError(f"--benchmark {benchmark!r}: the authors released weights for "
-                        f"{' and '.join(BENCHMARK_CLASSES)} only")
-    classes = BENCHMARK_CLASSES[benchmark]
+    classes = int(num_classes)
     paths = {"encoder": Path(encoder), "generator": Path(generator), **({"cb": Path(cb)} if cb else {})}
     epochs = {_epoch(paths["encoder"]), _epoch(paths["generator"])}
     if None not in epochs and len(epochs) > 1:
@@ -246,7 +244,7 @@ def import_authors_weights(benchmark: str, encoder: Path | str, generator: Path 
     for what, (module, convert) in targets.items():
         path = paths[what]
         state = read_reference_file(path)
-        check_source(path, state, what, benchmark)
+        check_source(path, state, what, benchmark, classes)
         converted = convert(state)
         _match_network(path, converted, module, what)
         modules["decoder" if what == "generator" else what] = {k: v.detach().float().contiguous()
