@@ -26,9 +26,9 @@ import json
 import sys
 
 from moodcat_plugin.config import load_yaml
-from moodcat_plugin.errors import UserError
 from moodcat_plugin.moodcat.authors_weights import import_authors_weights
 from moodcat_plugin.pipeline import _named_file, default_config_root
+from moodcat_plugin.utils import key_value_notes, run_guarded
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,20 +48,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        notes = dict(note.split("=", 1) for note in args.note)
-    except ValueError:
-        print(f"error: --note takes KEY=VALUE, got {args.note}", file=sys.stderr)
-        return 2
-    try:
+
+    def import_files() -> str:
+        notes = key_value_notes(args.note)
         classes = int(load_yaml(_named_file(default_config_root(), "benchmarks", args.benchmark))["num_classes"])
         entry = import_authors_weights(args.benchmark, classes, args.encoder, args.generator, args.out, cb=args.cb,
                                        notes=notes)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({args.out: entry}, indent=2, default=str))
-    return 0
+        return json.dumps({args.out: entry}, indent=2, default=str)
+
+    return run_guarded(import_files)
 
 
 if __name__ == "__main__":

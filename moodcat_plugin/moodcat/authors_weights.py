@@ -256,6 +256,9 @@ def import_authors_weights(benchmark: str, num_classes: int, encoder: Path | str
                             "scripts/import_moodcat_weights.py", "authors_files": sources,
                   "imported": datetime.datetime.now().isoformat(timespec="seconds"),
                   "imported_with_commit": shipped_weights.current_commit(), **(notes or {})}
+    accuracy = re.search(r"acc=(\d+\.\d+)\.pth$", paths["cb"].name) if cb else None
+    if accuracy:  # the authors' binary accuracy, from their file name (their Cb training code is not public)
+        provenance["cb_val_acc"] = float(accuracy.group(1))
     return _write(Path(out), benchmark, classes, modules, provenance, with_cb=bool(cb))
 
 
