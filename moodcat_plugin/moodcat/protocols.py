@@ -52,7 +52,7 @@ def cb_distances(postprocessor, net, loader, protocol: str, is_id: bool, num_cla
     """Cb distances (N,) of every image of ``loader`` under ``protocol``; masks and random labels
     drawn per set (the same masks in every protocol)."""
     postprocessor.start_set(loader.name, is_id)
-    labels_generator = postprocessor._labels
+    labels_generator = postprocessor.random_labels
     out = []
     for batch in loader:
         data = batch["data"].to(postprocessor.device)

@@ -24,7 +24,8 @@ Arguments (``postprocessor_args``, schema :class:`MoodcatArgs`): ``scorers`` (su
 lpips, dists; ``cb`` stands for every entry of ``cb_variants``), ``cb_variants`` ([cb] or [cb,
 cb_ext]), ``mask_style``, ``test_area`` ([lo, hi] area fraction), ``num_masks`` (K > 1 averages
 each distance over K masks), ``mask_seed`` (draws another set of test masks: the paper's
-Table 5 repeats its random-mask rows; 0 = the default draw), ``label_source`` (only
+Table 5 repeats its random-mask rows; 0 = the default draw; each image's mask comes from (seed,
+set name, index), :mod:`moodcat_plugin.moodcat.mask_stream`), ``label_source`` (only
 ``predicted``; see below), ``use_ema`` (decoder EMA weights). The method file's other sections
 (``MoodcatPostprocessor.config_sections``) are checked by the schemas of the MoodcatGAN network
 (``gan_network``), the trainers ``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb
@@ -192,7 +193,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.generator = torch.Generator().manual_seed(self._scoring_seed())  # sample grids only
         self.masks = MaskStream(self._scoring_seed(), self.mask_style, self.test_area)  # per (seed, set, image)
         self.protocol = "deployable"  # reproduce_paper --protocol authors sets 'authors' (never a leaderboard)
-        self._set_is_id, self._labels = True, None
+        self._set_is_id, self.random_labels = True, None  # authors protocol: OOD labels, drawn per set
         self.pretrained = self._checked_pretrained()  # a bad file fails here, before any training
 
     def _scoring_seed(self) -> int:
@@ -532,7 +533,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         """Called by the evaluator before scoring the set ``name``: its masks (and, under the authors'
         protocol, its random labels) are drawn from (seed, name, index), whatever was scored before."""
         self.masks.start(name, self._scoring_seed())
-        self._set_is_id, self._labels = is_id, label_generator(self._scoring_seed(), name)
+        self._set_is_id, self.random_labels = is_id, label_generator(self._scoring_seed(), name)
 
     @property
     def needs_test_labels(self) -> bool:
@@ -547,7 +548,7 @@ class MoodcatPostprocessor(BasePostprocessor):
         logits = net(data)
         pred = logits.argmax(dim=1)
         condition = condition_labels(self.protocol, pred, labels.to(pred.device), self._set_is_id,
-                                     self._num_classes(), self._labels)
+                                     self._num_classes(), self.random_labels)
         distances = self.distances_given(data, condition, logits)
         self.last_components = {name: -value for name, value in distances.items()}
         return pred, self.fusion.transform({name: value.cpu() for name, value in distances.items()}).to(data.device)
