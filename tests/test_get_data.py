@@ -324,3 +324,36 @@ def test_decoded_cache_hit_and_invalidation(tmp_path, monkeypatch):
     entries = list((tmp_path / ".moodcat_cache").glob("*.npz"))
     assert len(entries) == 1 and entries[0].name.startswith("toy__set-32px-")      # the stale entry is gone
     assert not list((tmp_path / ".moodcat_cache").glob("*.tmp"))
+
+
+def test_benchmark_reads_openood_layout_through_the_cache(tmp_path, monkeypatch):
+    from moodcat_plugin.data.benchmark import load_benchmark
+
+    rng = np.random.default_rng(4)
+
+    def arrays(n, labels):
+        return ImageArray("x", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.array(labels))
+
+    write_array_layout(tmp_path, {"toy/train.txt": arrays(4, [0, 1, 0, 1]), "toy/test.txt": arrays(2, [1, 0]),
+                                  "toy/ood.txt": arrays(2, [-1, -1])})
+    spec = {"name": "toy", "num_classes": 2, "image_size": 32,
+            "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+            "splits": {"id": {s: {"imglist": f"benchmark_imglist/toy/{'train' if s == 'train' else 'test'}.txt"}
+                              for s in ("train", "val", "test")},
+                       "ood_val": {"imglist": "benchmark_imglist/toy/ood.txt"}}}
+    first = load_benchmark(spec, str(tmp_path), progress=False)
+    monkeypatch.setattr(cache_module, "read_imglist", lambda *a, **k: pytest.fail("decoded on the second run"))
+    second = load_benchmark(spec, str(tmp_path), progress=False)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(second.id[split].images, first.id[split].images)
+        assert second.id[split].name == f"toy_{split}"
+    assert len(list((tmp_path / ".moodcat_cache").glob("*.npz"))) == 3
+
+
+def test_only_get_data_downloads():
+    """The benchmark CLI never fetches: no module but fetch_sets (used by scripts/get_data.py) imports
+    the download code, and nothing else imports gdown."""
+    package = Path(__file__).resolve().parents[1] / "moodcat_plugin"
+    importers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                       if re.search(r"^\s*(from|import) .*(data\.download|fetch_sets|gdown)", p.read_text(), re.M))
+    assert importers == ["data/download.py", "data/fetch_sets.py"]
