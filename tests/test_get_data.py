@@ -357,3 +357,21 @@ def test_only_get_data_downloads():
     importers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                        if re.search(r"^\s*(from|import) .*(data\.download|fetch_sets|gdown)", p.read_text(), re.M))
     assert importers == ["data/download.py", "data/fetch_sets.py"]
+
+
+def test_images_the_lists_name_but_a_set_lacks_are_reported(tmp_path, tiny, monkeypatch):
+    server, files, _, fetcher = tiny
+    with zipfile.ZipFile(io.BytesIO(files["/benchmark_imglist.zip"])) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["benchmark_imglist/tiny/test.txt"] += b"cifar10/test/truck/0042.png 9\n"  # not in the tiny CIFAR-10
+    server.files["/benchmark_imglist.zip"] = _zip(members)
+    monkeypatch.setitem(fetch_sets.LIST_SHA256, "tiny/test.txt",
+                        hashlib.sha256(members["benchmark_imglist/tiny/test.txt"]).hexdigest())
+    failures = fetcher(tmp_path).run(["tiny"])
+    assert failures == ["set 'cifar10': 1 of 27 images the lists name are missing under images_classic/cifar10 "
+                        "(e.g. cifar10/test/truck/0042.png); delete images_classic/cifar10 and report it: the "
+                        "archive does not match OpenOOD v1.5's lists"]
+    monkeypatch.setitem(fetch_sets.LIST_SHA256, "tiny/test.txt", "0" * 64)     # a list that is not v1.5's
+    failures = Fetcher(tmp_path / "other", retries=0, quiet=True).run(["tiny"])
+    assert failures[0].startswith("set 'imglist': tiny/test.txt differs from OpenOOD v1.5's list (sha256)")
+    assert not (tmp_path / "other" / "benchmark_imglist").exists()

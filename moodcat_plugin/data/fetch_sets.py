@@ -195,9 +195,13 @@ class Fetcher:
         return failures
 
     def fetch_set(self, dataset: DataSet, lists: Sequence[str]) -> None:
-        """Download, check and install one set unless it is installed already."""
-        if self.installed(dataset):
-            return
+        """Download, check and install one set unless it is installed already; then check that every
+        image the lists name is there (on every run: sets installed before the lists get checked too)."""
+        if not self.installed(dataset):
+            self.install(dataset, lists)
+        self.check_listed_images(dataset, lists)
+
+    def install(self, dataset: DataSet, lists: Sequence[str]) -> None:
         folder = self.root / "downloads" / dataset.name
         if dataset.kind == "mnist":
             folder = folder / "MNIST" / "raw"  # where torchvision's MNIST class looks
@@ -212,7 +216,6 @@ class Fetcher:
             self.unpack_torchvision(dataset.kind, files)
             with tqdm(desc=f"writing {dataset.name}", unit="img", disable=self.quiet, leave=False) as bar:
                 convert_torchvision(dataset.kind, self.root / "downloads" / dataset.name, final, bar)
-        self.check_listed_images(dataset, lists)
         marker = self.marker(dataset)
         marker.parent.mkdir(parents=True, exist_ok=True)
         temporary = marker.with_name(marker.name + ".tmp")
