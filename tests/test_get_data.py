@@ -14,6 +14,7 @@ import io
 import json
 import pickle
 import re
+import shutil
 import struct
 import tarfile
 import threading
@@ -235,6 +236,9 @@ def test_fetch_converts_torchvision_formats_and_openood_archives(tmp_path, tiny)
     served = len(server.requests)
     assert fetcher(tmp_path).run(["tiny"]) == []  # everything installed: nothing is fetched again
     assert len(server.requests) == served
+    shutil.rmtree(tmp_path / ".get_data")          # complete folders from elsewhere (OpenOOD's script) are kept
+    assert fetcher(tmp_path).run(["tiny"]) == []
+    assert len(server.requests) == served and (tmp_path / ".get_data" / "cifar10.json").is_file()
 
 
 def test_failed_sets_are_named_others_complete_and_nothing_half_written_remains(tmp_path, tiny, script, capsys):

@@ -113,8 +113,8 @@ def fetch(remote: RemoteFile, folder: Path, retries: int = 3, quiet: bool = Fals
             return final
         final.unlink()  # a complete-looking file that fails its check is replaced, never used
     staging = folder / f"{remote.name}.fetch"
-    errors = []
-    for source in remote.sources:
+    errors, problems = [], []
+    for source in remote.sources:  # mirrors, in order
         try:
             gdown.download(output=str(staging), quiet=quiet, resume=True, retries=retries, timeout=timeout, **source)
         except Exception as exc:  # noqa: BLE001 -- gdown/requests raise many types; each is reported
@@ -125,7 +125,9 @@ def fetch(remote: RemoteFile, folder: Path, retries: int = 3, quiet: bool = Fals
             os.replace(staging, final)
             return final
         staging.unlink()
-        raise FetchError(f"{problem}; run the same command again to download it anew")
+        problems.append(problem)
+    if problems:
+        raise FetchError(f"{problems[-1]}; run the same command again to download it anew")
     raise FetchError(f"{remote.name} could not be downloaded ({'; '.join(errors)}); check the network "
                      "and run the same command again (a partial download resumes)")
 

@@ -16,7 +16,9 @@ Places365. OpenOOD publishes no size or checksum for its archives: each is check
 against the CRC-32 stored in the zip, and the image lists we read are checked against the sha256 of
 OpenOOD v1.5's lists (``LIST_SHA256``). Sizes of those archives in ``--help`` are our estimates.
 
-A set that fails is reported with its reason and what to do; the other sets still complete.
+A set that fails is reported with its reason and what to do; the other sets still complete. A set
+folder already there without our marker (e.g. fetched by OpenOOD's own script) is kept, not
+fetched, when it passes the checks (lists: v1.5's sha256; images: every image the lists name exists).
 """
 from __future__ import annotations
 
@@ -197,9 +199,25 @@ class Fetcher:
     def fetch_set(self, dataset: DataSet, lists: Sequence[str]) -> None:
         """Download, check and install one set unless it is installed already; then check that every
         image the lists name is there (on every run: sets installed before the lists get checked too)."""
-        if not self.installed(dataset):
+        if not self.installed(dataset) and not self.adopt(dataset, lists):
             self.install(dataset, lists)
         self.check_listed_images(dataset, lists)
+
+    def adopt(self, dataset: DataSet, lists: Sequence[str]) -> bool:
+        """Keep a set folder already there (e.g. fetched by OpenOOD's own script) if it passes the
+        checks: the lists with v1.5's sha256, or every image the lists name present. Marks it installed."""
+        target = self.root / dataset.target
+        if not target.is_dir():
+            return False
+        try:
+            if dataset.kind == "imglist":
+                self.check_lists(target, lists)
+            else:
+                self.check_listed_images(dataset, lists, require_lists=True)
+        except DataError:
+            return False
+        self.write_marker(dataset, {"adopted": True})
+        return True
 
     def install(self, dataset: DataSet, lists: Sequence[str]) -> None:
         folder = self.root / "downloads" / dataset.name
@@ -216,12 +234,15 @@ class Fetcher:
             self.unpack_torchvision(dataset.kind, files)
             with tqdm(desc=f"writing {dataset.name}", unit="img", disable=self.quiet, leave=False) as bar:
                 convert_torchvision(dataset.kind, self.root / "downloads" / dataset.name, final, bar)
+        self.write_marker(dataset, {"files_sha256": record})
+        shutil.rmtree(self.root / "downloads" / dataset.name, ignore_errors=True)
+
+    def write_marker(self, dataset: DataSet, record: dict) -> None:
         marker = self.marker(dataset)
         marker.parent.mkdir(parents=True, exist_ok=True)
         temporary = marker.with_name(marker.name + ".tmp")
-        temporary.write_text(json.dumps({"files_sha256": record}, indent=1))
+        temporary.write_text(json.dumps(record, indent=1))
         os.replace(temporary, marker)
-        shutil.rmtree(self.root / "downloads" / dataset.name, ignore_errors=True)
 
     @staticmethod
     def unpack_torchvision(kind: str, files: List[Path]) -> None:
@@ -244,12 +265,15 @@ class Fetcher:
                 raise DataError(f"{name} differs from OpenOOD v1.5's list (sha256); the published archive "
                                 "changed: report it, or place the v1.5 lists in benchmark_imglist/ by hand")
 
-    def check_listed_images(self, dataset: DataSet, lists: Sequence[str]) -> None:
-        """Every image of ``dataset`` named by the benchmark lists exists (lists installed first)."""
-        if dataset.kind == "imglist" or not (self.root / LISTS).is_dir():
+    def check_listed_images(self, dataset: DataSet, lists: Sequence[str], require_lists: bool = False) -> None:
+        """Every image of ``dataset`` named by the benchmark lists exists (lists installed first;
+        without them nothing is checked unless ``require_lists``)."""
+        if dataset.kind == "imglist":
             return
         present = [name for name in lists if (self.root / LISTS / name).is_file()]
         wanted = listed_images(self.root, present, dataset.name)
+        if require_lists and not wanted:
+            raise DataError(f"no installed list names images of {dataset.name}")
         missing = [p for p in wanted if not (self.root / IMAGES / p).is_file()]
         if missing:
             raise DataError(f"{len(missing)} of {len(wanted)} images the lists name are missing under "
