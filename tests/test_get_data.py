@@ -144,7 +144,8 @@ def build_sources(monkeypatch, rng):
     for split, n in (("train", 3), ("t10k", 2)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n).astype(np.uint8)
-        files[f"/{split}-images-idx3-ubyte.gz"] = gzip.compress(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        header = struct.pack(">IIII", 2051, n, 28, 28)
+        files[f"/{split}-images-idx3-ubyte.gz"] = gzip.compress(header + images.tobytes())
         files[f"/{split}-labels-idx1-ubyte.gz"] = gzip.compress(struct.pack(">II", 2049, n) + labels.tobytes())
         truth[f"mnist_{split}"] = (images, labels.tolist())
     # SVHN test .mat: X (32, 32, 3, N), y (N, 1) with 10 for the digit 0
@@ -379,3 +380,24 @@ def test_images_the_lists_name_but_a_set_lacks_are_reported(tmp_path, tiny, monk
     failures = Fetcher(tmp_path / "other", retries=0, quiet=True).run(["tiny"])
     assert failures[0].startswith("set 'imglist': tiny/test.txt differs from OpenOOD v1.5's list (sha256)")
     assert not (tmp_path / "other" / "benchmark_imglist").exists()
+
+
+def test_google_drive_refusal_names_the_manual_route(tmp_path, monkeypatch):
+    """Drive's quota page (OpenOOD #185, #196, #202): the line says where to save the file by hand,
+    and a file saved there is checked and used."""
+    import gdown
+
+    from moodcat_plugin.data.download import FetchError, fetch
+
+    def refused(**kwargs):
+        raise gdown.exceptions.FileURLRetrievalError("Failed to retrieve file url:\n\n\tToo many users ...")
+
+    monkeypatch.setattr(gdown, "download", refused)
+    remote = RemoteFile("tin.zip", gdrive_id="ABC123")
+    with pytest.raises(FetchError) as error:
+        fetch(remote, tmp_path, retries=0, quiet=True)
+    message = str(error.value)
+    assert "\n" not in message and "FileURLRetrievalError: Failed to retrieve file url:" in message
+    assert f"save https://drive.google.com/uc?id=ABC123 from a browser as {tmp_path / 'tin.zip'}" in message
+    (tmp_path / "tin.zip").write_bytes(_zip({"val/images/val_0.JPEG": b"x"}))
+    assert fetch(remote, tmp_path, retries=0, quiet=True) == tmp_path / "tin.zip"  # checked (CRC), not fetched

@@ -128,8 +128,10 @@ def fetch(remote: RemoteFile, folder: Path, retries: int = 3, quiet: bool = Fals
         problems.append(problem)
     if problems:
         raise FetchError(f"{problems[-1]}; run the same command again to download it anew")
+    manual = (f", or save https://drive.google.com/uc?id={remote.gdrive_id} from a browser as {final} "
+              "and run it again (the file is checked)") if remote.gdrive_id else ""
     raise FetchError(f"{remote.name} could not be downloaded ({'; '.join(errors)}); check the network "
-                     "and run the same command again (a partial download resumes)")
+                     f"and run the same command again (a partial download resumes){manual}")
 
 
 def _first_line(exc: Exception) -> str:

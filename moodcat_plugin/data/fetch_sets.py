@@ -121,6 +121,9 @@ BENCHMARK_SETS: Dict[str, Tuple[str, ...]] = {
 }
 BENCHMARK_CONFIGS = {"cifar10": "cifar10, cifar10_scood (no LSUN)", "cifar100": "cifar100, cifar100_scood (no LSUN)",
                      "osr": "osr_cifar6_split0/1/2, osr_cifar_plus"}
+# benchmark config names (configs/benchmarks/*.yml) accepted for the data they read
+ALIASES = {"cifar10_scood": "cifar10", "cifar100_scood": "cifar100", "osr_cifar6_split0": "osr",
+           "osr_cifar6_split1": "osr", "osr_cifar6_split2": "osr", "osr_cifar_plus": "osr"}
 
 # sha256 of OpenOOD v1.5's image lists that our benchmark configs read (from the published lists).
 LIST_SHA256 = {
@@ -151,7 +154,7 @@ LIST_SHA256 = {
 
 def expand_benchmarks(names: Sequence[str]) -> List[str]:
     """Benchmark names with ``all`` expanded, in a fixed order, without repeats."""
-    chosen = list(BENCHMARK_SETS) if "all" in names else list(names)
+    chosen = list(BENCHMARK_SETS) if "all" in names else [ALIASES.get(n, n) for n in names]
     unknown = [n for n in chosen if n not in BENCHMARK_SETS]
     if unknown:
         raise DataError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARK_SETS)} or all")
