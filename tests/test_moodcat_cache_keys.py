@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from moodcat_plugin.config import config_hash
 from moodcat_plugin.data import ImageArray, make_loader
 from moodcat_plugin.pipeline import build_config, classifier_run, method_config
-from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor, training_data_fingerprint
+from moodcat_plugin.moodcat import runs
+from moodcat_plugin.moodcat.runs import training_data_fingerprint
 
 CASES = {  # name: (benchmark, profile, method, overrides)
     "demo-demo-moodcat": ("demo", "demo", "moodcat", []),
@@ -49,31 +50,18 @@ PINNED_FINGERPRINTS = [
 ]
 
 
-class _Benchmark:
-    """Stands for a loaded benchmark: the keys only read whether there is one and the outlier set's name."""
-
-    class outlier:  # noqa: N801 - mirrors Benchmark.outlier
-        name = "outlier"
-
-
 def run_keys(cfg) -> dict:
     """{part: hash of its cache key} for one method config, through the public functions."""
-    post = MoodcatPostprocessor(cfg)
-    post.benchmark = _Benchmark()
-    gan_key = post._gan_key()
-    if float(cfg.gan.get("class_consistency_weight", 0)) > 0:
-        gan_key.update(post._classifier_key())
+    gan_key = runs.gan_run_key(cfg)  # trained on a benchmark's images, as the Runner does
     hashes = {"classifier": config_hash(classifier_run(cfg)[0]), "gan": config_hash(gan_key)}
     for variant in ("cb", "cb_ext"):
-        hashes[variant] = config_hash(post._cb_key(variant, gan_key))
-    post.benchmark = None  # the OpenOOD bridge: no benchmark config names the training data
-    hashes["gan_bridge"] = config_hash(post._gan_key())
+        hashes[variant] = config_hash(runs.cb_key(cfg, variant, gan_key, "outlier"))
+    hashes["gan_bridge"] = config_hash(runs.gan_key(cfg, from_benchmark=False))  # OpenOOD: before train_data
     return hashes
 
 
 def _config(tmp_path, benchmark, profile, method, overrides):
     flags = {"output_dir": str(tmp_path), "device": "cpu", "progress": False}
-    overrides = [*overrides, f"postprocessors.{method}.iqa.pretrained=false"]  # no IQA weights needed (not in keys)
     return method_config(build_config(benchmark, [method], profile, overrides=overrides, flags=flags), method)
 
 

@@ -302,7 +302,7 @@ class _OpenOODStyleDataset(torch.utils.data.Dataset):
 
 
 def test_training_data_fingerprint_is_deterministic_and_leaves_the_rngs_alone():
-    from moodcat_plugin.postprocessors.moodcat_postprocessor import training_data_fingerprint
+    from moodcat_plugin.moodcat.runs import training_data_fingerprint
 
     sets = build_demo_sets(seed=0)
     array = sets["digits_train"].subset(slice(0, 40))

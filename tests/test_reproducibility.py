@@ -110,10 +110,9 @@ def test_generator_training_images_have_no_black_borders(make_config):
     for section in ("gan", "cb"):
         assert list(cfg.postprocessors.moodcat[section].augment) == ["flip"]
     runner = Runner(cfg)
-    from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
-    post = MoodcatPostprocessor(method_config(cfg, "moodcat"))
-    post.benchmark = runner.benchmark
-    stream = post._train_loader({}, post.config.gan, seed=0, part="gan")
+    from moodcat_plugin.moodcat.runs import train_loader
+    method_cfg = method_config(cfg, "moodcat")
+    stream = train_loader(method_cfg, runner.benchmark, {}, method_cfg.gan, seed=0, part="gan", device="cpu")
     raw = torch.from_numpy(runner.benchmark.id["train"].images).permute(0, 3, 1, 2).float() / 255
     for _ in range(3):
         batch = stream.next()
@@ -267,7 +266,7 @@ def test_checkpoints_hold_only_weights_and_plain_values(make_config, tmp_path):
 
 def test_switches_at_their_neutral_value_do_not_change_the_cached_run(make_config):
     """Adding an off switch to a section must not orphan the models trained before it existed."""
-    from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
+    from moodcat_plugin.moodcat import runs
     from moodcat_plugin.training import run_identity
 
     assert run_identity({"lr": 1, "holdout_for_cb": 0.0}, {"holdout_for_cb": 0.0}) == {"lr": 1}
@@ -276,7 +275,7 @@ def test_switches_at_their_neutral_value_do_not_change_the_cached_run(make_confi
     for overrides in ([], ["postprocessors.moodcat.gan.holdout_for_cb=0.2"],
                       ["postprocessors.moodcat.gan.cutmix_consistency=detached"]):
         cfg = make_config(["moodcat"], *overrides)
-        keys.append(MoodcatPostprocessor(method_config(cfg, "moodcat"))._gan_key())
+        keys.append(runs.gan_key(method_config(cfg, "moodcat")))
     assert "holdout_for_cb" not in keys[0]["gan"] and keys[1]["gan"]["holdout_for_cb"] == 0.2
     assert keys[2] == keys[0] and "cutmix_consistency" not in keys[0]["gan"]
 
@@ -284,13 +283,13 @@ def test_switches_at_their_neutral_value_do_not_change_the_cached_run(make_confi
 def test_settings_only_cb_ext_reads_do_not_name_the_plain_cb(make_config):
     """``outlier_label: predicted`` changes Cb(ext) only: the plain Cb it shares with the paper's
     method keeps its cache key (before, the ext_predicted variant retrained an identical plain Cb)."""
-    from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
+    from moodcat_plugin.moodcat import runs
 
     keys = {}
     for label in ("wrong", "predicted"):
-        cfg = make_config(["moodcat"], f"postprocessors.moodcat.cb.outlier_label={label}")
-        post = MoodcatPostprocessor(method_config(cfg, "moodcat"))
-        keys[label] = {variant: post._cb_key(variant, post._gan_key()) for variant in ("cb", "cb_ext")}
+        cfg = method_config(make_config(["moodcat"], f"postprocessors.moodcat.cb.outlier_label={label}"), "moodcat")
+        keys[label] = {variant: runs.cb_key(cfg, variant, runs.gan_key(cfg, from_benchmark=False), None)
+                       for variant in ("cb", "cb_ext")}
     assert keys["predicted"]["cb"] == keys["wrong"]["cb"]
     assert keys["predicted"]["cb_ext"] != keys["wrong"]["cb_ext"]
     assert keys["predicted"]["cb_ext"]["cb"]["outlier_label"] == "predicted"

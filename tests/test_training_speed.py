@@ -14,7 +14,7 @@ from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.networks.conditional_binary_classifier import ConditionalBinaryClassifier
 from moodcat_plugin.networks.moodcat_gan import MoodcatGAN
 from moodcat_plugin.pipeline import method_config
-from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
+from moodcat_plugin.moodcat import runs
 from moodcat_plugin.trainers.moodcat_cb_trainer import MoodcatCbTrainer
 from moodcat_plugin.trainers.moodcat_gan_trainer import MoodcatGANTrainer
 from moodcat_plugin.training import fit, run_folder
@@ -111,9 +111,9 @@ def test_speed_options_at_their_defaults_keep_cached_models(make_config):
     """Models trained before the options existed (no such keys) keep their cache folders; a
     non-default value is a different model."""
     def folders(*overrides):
-        post = MoodcatPostprocessor(method_config(make_config(["moodcat"], *overrides), "moodcat"))
-        gan_key = post._gan_key()
-        return run_folder(post.config, "gan", gan_key), gan_key
+        cfg = method_config(make_config(["moodcat"], *overrides), "moodcat")
+        gan_key = runs.gan_key(cfg, from_benchmark=False)
+        return run_folder(cfg, "gan", gan_key), gan_key
 
     default_folder, gan_key = folders()
     assert not {"amp", "fused_optimizer", "concat_d_forward"} & set(gan_key["gan"])  # as before the keys existed

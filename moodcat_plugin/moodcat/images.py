@@ -7,7 +7,7 @@ benchmark mean/std; these helpers convert between the two.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -68,3 +68,54 @@ def save_labelled_grid(path: Path | str, rows: Mapping[str, torch.Tensor], colum
     path = Path(path)
     atomic_write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=GRID_DPI))
     return path
+
+
+GRID_IMAGES = 16
+GRID_SEED = 777
+
+
+def grid_loaders(id_loader_dict: Mapping, ood_loader_dict: Mapping) -> dict:
+    """{set name: loader} of the sets MOODCAT draws sample grids of: ID test (``id_test``) and
+    every near/far OOD set."""
+    loaders = {}
+    if "test" in id_loader_dict:
+        loaders["id_test"] = id_loader_dict["test"]
+    for group in ("near", "far"):
+        for name, loader in (ood_loader_dict.get(group) or {}).items():
+            loaders[name] = loader
+    return loaders
+
+
+@torch.no_grad()
+def save_synthesis_grids(folder: Path, loaders: Mapping, net, synthesize: Callable, mean: Sequence[float],
+                         std: Sequence[float], device, benchmark: str,
+                         class_names: Optional[Sequence[str]] = None) -> None:
+    """``<folder>/<set>.png``: input / masked / synthesis rows for the first :data:`GRID_IMAGES`
+    images of each loader, each conditioned on the classifier ``net``'s prediction (its column
+    title). ``synthesize(x, y, generator=...)`` -> (masked, synthesis), all in [-1,1]; the masks
+    come from one generator seeded with :data:`GRID_SEED`."""
+    generator = torch.Generator().manual_seed(GRID_SEED)
+    for name, loader in loaders.items():
+        data = first_images(loader, GRID_IMAGES)
+        if data is None:
+            continue
+        data = data.to(device)
+        x = to_signed_unit(data, mean, std)
+        pred = net(data).argmax(dim=1)
+        masked, synthesis = synthesize(x, pred, generator=generator)
+        save_labelled_grid(Path(folder) / f"{name}.png",
+                           {"input": x, "masked": masked, "synthesis": synthesis},
+                           [class_name(int(label), class_names) for label in pred],
+                           f"{benchmark}: {name}; each column conditioned on the classifier's "
+                           "prediction (its title)")
+
+
+def first_images(loader, count: int) -> Optional[torch.Tensor]:
+    """The first ``count`` images (B,3,H,W normalised) of a loader, or None if it is empty."""
+    taken, seen = [], 0
+    for batch in loader:
+        taken.append(batch["data"][: count - seen])
+        seen += len(taken[-1])
+        if seen >= count:
+            break
+    return torch.cat(taken) if taken else None

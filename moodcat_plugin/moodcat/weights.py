@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -29,6 +30,10 @@ import torch
 
 from moodcat_plugin.errors import CheckpointError, UserError
 from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint
+from moodcat_plugin.errors import ConfigError
+from moodcat_plugin.moodcat.runs import cb_network_name
+from moodcat_plugin.registry import NETWORKS
+from moodcat_plugin.utils import load_state_dict_strict
 
 FORMAT = "moodcat-weights/1"
 MANIFEST = "MANIFEST.json"
@@ -260,3 +265,67 @@ def export_weights(gan: Path | str, out: Path | str, cb: Optional[Path | str] = 
     manifest["files"][out.name] = entry
     atomic_write_json(manifest, out.parent / MANIFEST)
     return entry
+
+
+# -- scoring with a weights file (the ``pretrained:`` section) -----------------------------------
+log = logging.getLogger(__name__)
+
+
+def checked_pretrained(config, num_classes: int, use_ema: bool) -> Optional[dict]:
+    """The verified contents of the run's ``pretrained.file`` (None without one), plus its
+    ``path`` and ``sha256``; one-line errors for a missing, damaged or unlisted file, another
+    benchmark's weights, or EMA scoring. A Cb of another network than the config's
+    ``cb_network`` is dropped from ``modules`` (it is trained on the file's generator instead)."""
+    name = (config.get("pretrained") or {}).get("file")
+    if not name:
+        return None
+    path = locate(name)
+    content = load_weights(path)
+    benchmark, classes = config.dataset.name, num_classes
+    if content["benchmark"] != benchmark or int(content["num_classes"]) != classes:
+        raise ConfigError(f"pretrained weights {path} were trained on {content['benchmark']} "
+                          f"({content['num_classes']} classes), this run is {benchmark} ({classes} classes): use "
+                          f"the file for {benchmark} (see {path.parent / MANIFEST}) or drop --pretrained")
+    if use_ema:
+        raise ConfigError(f"pretrained weights {path} hold no EMA decoder: set postprocessor_args.use_ema=false")
+    modules = dict(content["modules"])
+    wanted = cb_network_name(config.cb_network)
+    if "cb" in modules and cb_network_name(content["cb_network"]) != wanted:  # another method's Cb
+        log.info("the Cb in %s is a '%s', this method's is a '%s': training it on the file's generator",
+                 path, cb_network_name(content["cb_network"]), wanted)
+        del modules["cb"]
+    return {**content, "modules": modules, "path": path, "sha256": sha256_of(path)}
+
+
+def pretrained_info(pretrained: dict, *keys: str) -> dict:
+    """The ``training_info`` entry of a part loaded from ``pretrained`` (:func:`checked_pretrained`)."""
+    provenance = pretrained["provenance"]
+    return {"pretrained": str(pretrained["path"]), "sha256": pretrained["sha256"], "cached": True,
+            **{k: provenance[k] for k in keys if provenance.get(k) is not None}}
+
+
+def pretrained_gan(pretrained: dict, num_classes: int, benchmark: str, device):
+    """(frozen generator with the file's encoder and decoder, cache identity for Cbs trained on
+    it, its ``training_info`` entry)."""
+    section = pretrained["gan_network"]
+    kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
+    gan = NETWORKS.get(section.get("name", "moodcat_gan"))(num_classes=num_classes, **kwargs)
+    for part in ("encoder", "decoder"):
+        load_state_dict_strict(getattr(gan, part), full(pretrained["modules"][part]),
+                               f"the {part} in {pretrained['path']}")
+    gan.decoder_ema.load_state_dict(gan.decoder.state_dict())
+    info = pretrained_info(pretrained, "images_seen", "gan_steps")
+    gan_key = {"benchmark": benchmark, "pretrained_sha256": pretrained["sha256"]}
+    return gan.to(device).eval().requires_grad_(False), gan_key, info
+
+
+def pretrained_cb(pretrained: dict, num_classes: int, device):
+    """(frozen Cb of the file, its ``training_info`` entry)."""
+    section = pretrained["cb_network"]
+    kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
+    cb = NETWORKS.get(cb_network_name(section))(num_classes=num_classes, **kwargs)
+    load_state_dict_strict(cb, full(pretrained["modules"]["cb"]), f"the Cb in {pretrained['path']}")
+    info = pretrained_info(pretrained, "cb_steps")
+    if pretrained["provenance"].get("cb_val_acc") is not None:
+        info["val_acc"] = pretrained["provenance"]["cb_val_acc"]
+    return cb.to(device).eval().requires_grad_(False), info

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Set
 
 from moodcat_plugin.config import load_yaml
+from moodcat_plugin.moodcat import runs
 from moodcat_plugin.paper.runs import Context, blocked_reason, is_finished, run_config
 from moodcat_plugin.paper.spec import RunSpec
 from moodcat_plugin.pipeline import classifier_run, method_config
@@ -128,10 +129,7 @@ def _training(run: RunSpec, cfg, model: CostModel, fresh: bool, seen: Set) -> Li
     if cfg.postprocessor.name != "moodcat":
         return items
     post = POSTPROCESSORS.get("moodcat")(cfg)
-    post.benchmark = _KeyStandIn()
-    gan_key = post._gan_key()
-    if float(cfg.gan.get("class_consistency_weight", 0)) > 0:
-        gan_key.update(post._classifier_key())
+    gan_key = runs.gan_run_key(cfg)  # as the Runner trains it: on the benchmark's images
     gan_folder = run_folder(cfg, f"{cfg.dataset.name}-moodcat_gan", gan_key)
     gan = cfg.gan
     items += _once(seen, str(gan_folder), f"train generator {cfg.dataset.name}",
@@ -145,14 +143,6 @@ def _training(run: RunSpec, cfg, model: CostModel, fresh: bool, seen: Set) -> Li
         cached = not fresh and (gan_folder / FINAL).is_file() and _cb_cached(cfg, variant, gan_key)
         items += _once(seen, identity, f"train {variant} {cfg.dataset.name}", seconds, cached)
     return items
-
-
-class _KeyStandIn:
-    """Stands for the loaded benchmark in the postprocessor's cache keys (they only ask whether
-    there is one, and the outlier set's name, always 'outlier')."""
-
-    class outlier:  # noqa: N801 - mirrors Benchmark.outlier
-        name = "outlier"
 
 
 def _once(seen: Set, identity: str, what: str, seconds: float, cached: bool) -> List[tuple]:

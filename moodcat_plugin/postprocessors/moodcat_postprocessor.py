@@ -10,7 +10,9 @@ input rejects it") becomes one continuous conf fixed on ID validation data only
 (:class:`~moodcat_plugin.moodcat.fusion.CascadeFusion`): per-scorer empirical-CDF calibration,
 fused by the minimum.
 
-Setup (each part cached in its own run folder, keyed by the config that determines it):
+Setup (each part cached in its own run folder, keyed by the config that determines it; the
+training and the keys are :mod:`moodcat_plugin.moodcat.runs`, the grids
+:func:`moodcat_plugin.moodcat.images.save_synthesis_grids`):
 
 1. GAN (encoder + BigGAN decoder + U-Net discriminator), trainer ``gan.name`` on ID train images.
 2. Cb, trainer ``cb.name``, on pairs synthesised by the frozen GAN. With ``cb_variants: [cb,
@@ -50,52 +52,33 @@ without test labels instead of a per-threshold envelope chosen on the test set.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from pydantic import AfterValidator
 from tqdm import tqdm
 
-from moodcat_plugin import distributed
-from moodcat_plugin.config import Config
-from moodcat_plugin.data import ImageArray, make_loader
-from moodcat_plugin.data.arrays import stratified_holdout
-from moodcat_plugin.errors import ConfigError, DataError
+from moodcat_plugin.moodcat import runs
+from moodcat_plugin.moodcat import weights as shipped_weights
 from moodcat_plugin.moodcat.fusion import CascadeFusion
-from moodcat_plugin.moodcat.images import class_name, save_labelled_grid, to_signed_unit
+from moodcat_plugin.moodcat.images import grid_loaders, save_synthesis_grids, to_signed_unit
 from moodcat_plugin.moodcat.mask_stream import UNNAMED_SET, MaskStream
 from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES
 from moodcat_plugin.moodcat.protocols import condition_labels, label_generator
-from moodcat_plugin.moodcat import weights as shipped_weights
+from moodcat_plugin.moodcat.runs import PAPER_CB
 from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, FEATURE_SCORERS, IQA_SCORERS, LOGIT_SCORERS,
                                             LPIPS_TRUNKS, CbScorer, ClassifierLPIPS, build_iqa_scorer,
                                             check_cached_weights, logit_distance)
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
 from moodcat_plugin.schema import FLAG, TEXT, Expect, Registered, Schema, check, choice, integer, list_of, optional
-from moodcat_plugin.training import FINAL, fit, run_folder, run_identity
-from moodcat_plugin.utils import load_state_dict_strict
 
 log = logging.getLogger(__name__)
-PAPER_CB = "moodcat_cb"  # the Cb network a config without cb_network.name gets
-GRID_IMAGES = 16
-GRID_SEED = 777
 SCORING_SEED_OFFSET = 101
 LABEL_SOURCES = ("predicted",)
-FINGERPRINT_SAMPLES = 256
-FINGERPRINT_SEED = 0
 CB_VARIANTS = (["cb"], ["cb", "cb_ext"])
-
-
-def cb_network_name(section) -> str:
-    """The registered network name of a ``cb_network`` section (a config's or a weights file's)."""
-    return section.get("name", PAPER_CB)
 
 
 def _distinct(values: List[str]) -> List[str]:
@@ -194,7 +177,8 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.masks = MaskStream(self._scoring_seed(), self.mask_style, self.test_area)  # per (seed, set, image)
         self.protocol = "deployable"  # reproduce_paper --protocol authors sets 'authors' (never a leaderboard)
         self._set_is_id, self.random_labels = True, None  # authors protocol: OOD labels, drawn per set
-        self.pretrained = self._checked_pretrained()  # a bad file fails here, before any training
+        self.pretrained = shipped_weights.checked_pretrained(  # a bad file fails here, before any training
+            config, self._num_classes(), self.use_ema)
 
     def _scoring_seed(self) -> int:
         """Seed of the test-time masks: run seed + offset (+ ``mask_seed`` for another draw)."""
@@ -211,12 +195,6 @@ class MoodcatPostprocessor(BasePostprocessor):
         for scorer in self.scorers:
             names += self.cb_variants if scorer == "cb" else [scorer]
         return names
-
-    def _section_config(self, section: str) -> Config:
-        """The run config with ``trainer`` replaced by our ``gan``/``cb`` section (trainer contract)."""
-        view = Config({k: v for k, v in self.config.items()})
-        view.trainer = self.config[section]
-        return view
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
@@ -248,71 +226,24 @@ class MoodcatPostprocessor(BasePostprocessor):
         if self.gan is not None:
             return
         if self.pretrained is not None:
-            self.gan, gan_key = self._pretrained_gan()
+            self.gan, gan_key, self.training_info["moodcat_gan"] = shipped_weights.pretrained_gan(
+                self.pretrained, self._num_classes(), self.config.dataset.name, self.device)
         else:
-            self.gan, gan_key = self._train_gan(net, id_loader_dict)
-        self._cbs = {variant: self._pretrained_cb() if variant == "cb" and self._file_has("cb") else
-                     self._train_cb(variant, net, id_loader_dict, gan_key)
-                     for variant in self.scorer_names if variant in CB_SCORERS}
+            self.gan, gan_key, self.training_info["moodcat_gan"] = runs.train_gan(
+                self.config, self.benchmark, net, id_loader_dict, self.device)
+        for variant in (v for v in self.scorer_names if v in CB_SCORERS):
+            if variant == "cb" and self._file_has("cb"):
+                self._cbs[variant], self.training_info["moodcat_cb"] = shipped_weights.pretrained_cb(
+                    self.pretrained, self._num_classes(), self.device)
+            else:
+                self._cbs[variant], self.training_info[f"moodcat_{variant}"] = runs.train_cb(
+                    self.config, self.benchmark, variant, net, id_loader_dict, self.gan, gan_key, self.mean,
+                    self.std, self.device)
         if net is not None:
             self.scorer_modules = self._build_scorers(self._cbs, net)
 
-    # -- shipped weights -----------------------------------------------------------------------
-    def _checked_pretrained(self) -> Optional[dict]:
-        """The verified contents of ``pretrained.file`` (None without one); one-line errors for a
-        missing, damaged or unlisted file, another benchmark's weights, or EMA scoring."""
-        name = (self.config.get("pretrained") or {}).get("file")
-        if not name:
-            return None
-        path = shipped_weights.locate(name)
-        content = shipped_weights.load_weights(path)
-        benchmark, classes = self.config.dataset.name, self._num_classes()
-        if content["benchmark"] != benchmark or int(content["num_classes"]) != classes:
-            raise ConfigError(f"pretrained weights {path} were trained on {content['benchmark']} "
-                              f"({content['num_classes']} classes), this run is {benchmark} ({classes} classes): use "
-                              f"the file for {benchmark} (see {path.parent / shipped_weights.MANIFEST}) or drop --pretrained")
-        if self.use_ema:
-            raise ConfigError(f"pretrained weights {path} hold no EMA decoder: set postprocessor_args.use_ema=false")
-        modules = dict(content["modules"])
-        wanted = cb_network_name(self.config.cb_network)
-        if "cb" in modules and cb_network_name(content["cb_network"]) != wanted:  # another method's Cb
-            log.info("the Cb in %s is a '%s', this method's is a '%s': training it on the file's generator",
-                     path, cb_network_name(content["cb_network"]), wanted)
-            del modules["cb"]
-        return {**content, "modules": modules, "path": path, "sha256": shipped_weights.sha256_of(path)}
-
     def _file_has(self, part: str) -> bool:
         return self.pretrained is not None and part in self.pretrained["modules"]
-
-    def _pretrained_info(self, *keys: str) -> dict:
-        provenance = self.pretrained["provenance"]
-        return {"pretrained": str(self.pretrained["path"]), "sha256": self.pretrained["sha256"], "cached": True,
-                **{k: provenance[k] for k in keys if provenance.get(k) is not None}}
-
-    def _pretrained_gan(self):
-        """(generator with the file's encoder and decoder, cache identity for Cbs trained on it)."""
-        section = self.pretrained["gan_network"]
-        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
-        gan = NETWORKS.get(section.get("name", "moodcat_gan"))(num_classes=self._num_classes(), **kwargs)
-        for part in ("encoder", "decoder"):
-            load_state_dict_strict(getattr(gan, part), shipped_weights.full(self.pretrained["modules"][part]),
-                                   f"the {part} in {self.pretrained['path']}")
-        gan.decoder_ema.load_state_dict(gan.decoder.state_dict())
-        self.training_info["moodcat_gan"] = self._pretrained_info("images_seen", "gan_steps")
-        gan_key = {"benchmark": self.config.dataset.name, "pretrained_sha256": self.pretrained["sha256"]}
-        return gan.to(self.device).eval().requires_grad_(False), gan_key
-
-    def _pretrained_cb(self) -> torch.nn.Module:
-        section = self.pretrained["cb_network"]
-        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
-        cb = NETWORKS.get(cb_network_name(section))(num_classes=self._num_classes(), **kwargs)
-        load_state_dict_strict(cb, shipped_weights.full(self.pretrained["modules"]["cb"]),
-                               f"the Cb in {self.pretrained['path']}")
-        info = self._pretrained_info("cb_steps")
-        if self.pretrained["provenance"].get("cb_val_acc") is not None:
-            info["val_acc"] = self.pretrained["provenance"]["cb_val_acc"]
-        self.training_info["moodcat_cb"] = info
-        return cb.to(self.device).eval().requires_grad_(False)
 
     def summary(self) -> str:
         """One short line: scorers, Cb validation accuracy, calibration size, grid folder."""
@@ -322,147 +253,12 @@ class MoodcatPostprocessor(BasePostprocessor):
         return f"scorers {'+'.join(self.scorer_names)}; {accuracies or 'no Cb'}; {calibration}; grids in {self.grid_folder()}"
 
     def _num_classes(self) -> int:
-        return int(self.config.dataset.num_classes)
-
-    def _train_loader(self, id_loader_dict, section, seed: int, part: str):
-        """ID train images for the generator (``part='gan'``) or Cb (``'cb'``), with the batch
-        size and augmentation of the ``gan``/``cb`` section (not the classifier's crop:
-        zero-padded crops put black borders no test image has into 98 % of the training images).
-        With ``gan.holdout_for_cb`` = f > 0, a stratified f of the images is kept from the
-        generator and is all Cb trains on, so Cb learns from syntheses of unseen images, as at
-        test time. Bare OpenOOD use: its own train loader as it is."""
-        if self.benchmark is None:
-            return id_loader_dict["train"]
-        kept, held_out = stratified_holdout(self.benchmark.id["train"], float(self.config.gan.holdout_for_cb),
-                                            int(self.config.get("seed", 0)))
-        return make_loader(kept if part == "gan" else held_out, self.benchmark.mean, self.benchmark.std,
-                           int(section.batch_size), train=True, augment=section.augment, seed=seed,
-                           device=self.device, shard=distributed.shard())
-
-    def _fit(self, trainer, name: str, key: dict, description: str) -> dict:
-        folder = run_folder(self.config, f"{self.config.dataset.name}-{name}", key)
-        result = fit(trainer, folder, progress=bool(self.config.get("progress", True)), key=key,
-                     description=description)
-        info = {"folder": str(folder), "cached": result["cached"]}
-        last = (result.get("history") or [{}])[-1]
-        info.update({k: v for k, v in last.items() if k in ("loss", "train_acc", "val_acc")})
-        self.training_info[name] = info
-        return info
-
-    def _gan_key(self) -> dict:
-        cfg = self.config
-        gan_trainer = TRAINERS.get(cfg.gan.name)
-        return {"benchmark": cfg.dataset.name, "gan_network": cfg.gan_network,
-                "gan": run_identity(cfg.gan, getattr(gan_trainer, "neutral_settings", {})),
-                "seed": cfg.get("seed", 0),
-                "train_source": "benchmark" if self.benchmark is not None else "id_loader_dict"}
-
-    def _build_cb(self, net) -> torch.nn.Module:
-        """The Cb network of ``cb_network`` (default the paper's ``moodcat_cb``); a network that
-        compares classifier features gets the frozen classifier (not part of its weights)."""
-        section = self.config.cb_network
-        cls = NETWORKS.get(cb_network_name(section))
-        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
-        if getattr(cls, "needs_classifier", False):
-            if net is None:
-                raise ConfigError(f"cb_network '{section.get('name')}' reads the classifier's features; it cannot "
-                                  "be built without the classifier")
-            kwargs.update(classifier=net, mean=self.mean, std=self.std)
-        return cls(num_classes=self._num_classes(), **kwargs)
-
-    def _cb_needs_classifier(self) -> bool:
-        """Whether Cb's training reads the classifier (features or predicted labels)."""
-        cls = NETWORKS.get(cb_network_name(self.config.cb_network))
-        return bool(getattr(cls, "needs_classifier", False) or self.config.cb.get("synthetic_negatives"))
+        return runs.num_classes(self.config)
 
     def training_needs_classifier(self) -> bool:
         """Whether any trained part (generator, Cb, Cb(ext)) needs the classifier."""
-        return (self._cb_needs_classifier() or "cb_ext" in self.scorer_names
-                or float(self.config.gan.get("class_consistency_weight", 0)) > 0)
-
-    def _classifier_key(self) -> dict:
-        """Identity of the classifier, for the runs that depend on it (pseudo-labels, class consistency)."""
-        return {"classifier_network": self.config.get("network"), "classifier_trainer": self.config.get("trainer")}
-
-    def _train_gan(self, net, id_loader_dict):
-        gan, trainer, key = self.gan_trainer(net, id_loader_dict)
-        self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
-        return gan.eval().requires_grad_(False), key
-
-    def gan_trainer(self, net, id_loader_dict):
-        """(generator, its trainer, its cache key) as ``train`` builds them; the run folder is
-        ``run_folder(config, f"{benchmark}-moodcat_gan", key)`` (e.g. for a time-boxed run)."""
-        cfg = self.config
-        kwargs = {k: v for k, v in cfg.gan_network.items() if k not in ("name", "checkpoint")}
-        torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights independent of what ran before
-        gan = NETWORKS.get(cfg.gan_network.get("name", "moodcat_gan"))(num_classes=self._num_classes(), **kwargs)
-        gan = gan.to(self.device)
-        loader = self._train_loader(id_loader_dict, cfg.gan, int(cfg.get("seed", 0)), "gan")
-        uses_classifier = float(cfg.gan.get("class_consistency_weight", 0)) > 0
-        trainer = TRAINERS.get(cfg.gan.name)(gan, loader, self._section_config("gan"),
-                                             classifier=net if uses_classifier else None)
-        key = {**self._gan_key(), **(self._classifier_key() if uses_classifier else {})}
-        if self.benchmark is None:  # OpenOOD bridge: the data are not named by a benchmark config
-            key["train_data"] = training_data_fingerprint(id_loader_dict["train"])
-        return gan, trainer, key
-
-    def _train_cb(self, variant: str, net, id_loader_dict, gan_key: dict) -> torch.nn.Module:
-        cfg = self.config
-        torch.manual_seed(int(cfg.get("seed", 0)) + 1)
-        cb = self._build_cb(net).to(self.device)
-        loader = self._train_loader(id_loader_dict, cfg.cb, int(cfg.get("seed", 0)) + 1, "cb")
-        key = self._cb_key(variant, gan_key)
-        unlabeled = None
-        if variant == "cb_ext":
-            folder = run_folder(cfg, f"{cfg.dataset.name}-moodcat_{variant}", key)
-            if not (folder / FINAL).is_file():  # cached runs need no pseudo-labels
-                outliers = self._pseudo_labelled_outliers(net)
-                unlabeled = make_loader(outliers, self.mean, self.std,
-                                        int(cfg.cb.get("outlier_batch_size", cfg.cb.batch_size)), train=True,
-                                        augment=cfg.cb.augment, seed=int(cfg.get("seed", 0)) + 2,
-                                        device=self.device, shard=distributed.shard())
-        trainer = TRAINERS.get(cfg.cb.name)(cb, loader, self._section_config("cb"), generator=self.gan,
-                                            unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"),
-                                            classifier=net if cfg.cb.get("synthetic_negatives") else None)
-        what = "with pseudo-labelled outliers" if variant == "cb_ext" else "on ID pairs"
-        self._fit(trainer, f"moodcat_{variant}", key, f"MOODCAT {variant} (conditional binary classifier, {what})")
-        return cb.eval().requires_grad_(False)
-
-    def _cb_key(self, variant: str, gan_key: dict) -> dict:
-        """Cache key of the Cb ``variant`` (``cb`` or ``cb_ext``) trained on the generator ``gan_key``.
-
-        The settings only Cb(ext) reads (the trainer's ``ext_only_settings``) are left out of the
-        plain Cb's key, so e.g. ``outlier_label: predicted`` reuses the plain Cb it shares with the
-        paper's method. Cb(ext) trains on outliers pseudo-labelled by the classifier, so its key
-        names the outlier set and the classifier."""
-        cfg = self.config
-        cb_trainer = TRAINERS.get(cfg.cb.name)
-        cb_neutral = getattr(NETWORKS.get(cb_network_name(cfg.cb_network)), "neutral_settings", {})
-        cb_section = dict(cfg.cb)
-        if variant != "cb_ext":
-            cb_section = {k: v for k, v in cb_section.items() if k not in getattr(cb_trainer, "ext_only_settings", ())}
-        key = {"gan": gan_key, "cb_network": run_identity(cfg.cb_network, {"name": PAPER_CB, **cb_neutral}),
-               "cb": run_identity(cb_section, getattr(cb_trainer, "neutral_settings", {})), "variant": variant}
-        if self._cb_needs_classifier():
-            key.update(self._classifier_key())
-        if variant == "cb_ext":
-            key.update({"outlier_set": getattr(getattr(self.benchmark, "outlier", None), "name", None),
-                        **self._classifier_key()})
-        return key
-
-    @torch.no_grad()
-    def _pseudo_labelled_outliers(self, net) -> ImageArray:
-        """The benchmark's outlier images labelled with the CLASSIFIER's argmax (paper 3.6)."""
-        outlier = getattr(self.benchmark, "outlier", None)
-        if outlier is None:
-            raise ConfigError("cb_variants includes cb_ext (Cb trained with extra outlier data), but no outlier set "
-                              "is available: use a benchmark with splits.outlier, or cb_variants: [cb]")
-        loader = make_loader(outlier, self.mean, self.std, int(self.config.get("eval_batch_size", 256)),
-                             device=self.device)
-        preds = [net(batch["data"].to(self.device)).argmax(dim=1).cpu()
-                 for batch in tqdm(loader, desc="pseudo-labelling outliers", leave=False,
-                                   disable=not self.config.get("progress", True))]
-        return ImageArray(f"{outlier.name}_pseudo", outlier.images, torch.cat(preds).numpy())
+        return (runs.cb_needs_classifier(self.config) or "cb_ext" in self.scorer_names
+                or runs.gan_uses_classifier(self.config))
 
     def _build_scorers(self, cbs: Dict[str, torch.nn.Module], net) -> Dict[str, torch.nn.Module]:
         """Modules of the image scorers (Cb variants, classifier-feature and IQA distances);
@@ -566,81 +362,8 @@ class MoodcatPostprocessor(BasePostprocessor):
     def grid_folder(self) -> Path:
         return Path(self.config.output_dir) / self.config.dataset.name / "moodcat_grids"
 
-    @torch.no_grad()
     def _save_grids(self, net, id_loader_dict, ood_loader_dict) -> None:
         """input / masked / synthesis rows for the first images of ID test and every OOD set."""
-        loaders = {}
-        if "test" in id_loader_dict:
-            loaders["id_test"] = id_loader_dict["test"]
-        for group in ("near", "far"):
-            for name, loader in (ood_loader_dict.get(group) or {}).items():
-                loaders[name] = loader
-        generator = torch.Generator().manual_seed(GRID_SEED)
-        for name, loader in loaders.items():
-            data = _first_images(loader, GRID_IMAGES).to(self.device)
-            if data is None:
-                continue
-            x = to_signed_unit(data, self.mean, self.std)
-            pred = net(data).argmax(dim=1)
-            masked, synthesis = self.synthesize(x, pred, generator=generator)
-            names = self.config.dataset.get("class_names")
-            save_labelled_grid(self.grid_folder() / f"{name}.png",
-                               {"input": x, "masked": masked, "synthesis": synthesis},
-                               [class_name(int(label), names) for label in pred],
-                               f"{self.config.dataset.name}: {name}; each column conditioned on the classifier's "
-                               "prediction (its title)")
-
-
-def training_data_fingerprint(loader, samples: int = FINGERPRINT_SAMPLES) -> dict:
-    """What the GAN/Cb cache keys record about training data that no benchmark config names (the
-    OpenOOD bridge trains on ``id_loader_dict['train']``, known only by ``dataset.name``).
-
-    ``{'images': len(dataset), 'sampled': k, 'sha256': ...}``: the hash covers the ``data`` and
-    ``label`` of ``k = min(samples, len)`` items at evenly spaced indices (first and last
-    included), read straight from ``loader.dataset`` with the torch, numpy and ``random`` global
-    RNGs seeded (and restored afterwards), so random train augmentation gives the same bytes on
-    every run. A sample rather than the whole set keeps this to a few hundred reads at any size;
-    the cost is that two sets of equal size differing only in unsampled items share a cache.
-    A dataset whose augmentation draws from its own unseeded RNG gets a new hash each run:
-    it retrains rather than silently reusing weights. Batches/items: dicts with ``data`` (and
-    ``label``), as OpenOOD's, or ``(data, label)`` tuples. Our own batch sources (``dataset`` an
-    :class:`ImageArray`) are hashed whole.
-    """
-    dataset = getattr(loader, "dataset", None)
-    if isinstance(dataset, ImageArray):  # our own batches: the arrays themselves, whole
-        digest = hashlib.sha256(dataset.images.tobytes() + dataset.labels.tobytes())
-        return {"images": len(dataset), "sampled": len(dataset), "sha256": digest.hexdigest()}
-    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")) or len(dataset) == 0:
-        raise DataError("id_loader_dict['train'] needs a non-empty map-style dataset (len() and indexing) so "
-                        "MOODCAT can fingerprint its training data for the GAN/Cb cache")
-    count = len(dataset)
-    indices = sorted({round(i) for i in np.linspace(0, count - 1, min(samples, count))})
-    digest = hashlib.sha256()
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(FINGERPRINT_SEED)
-            random.seed(FINGERPRINT_SEED)
-            np.random.seed(FINGERPRINT_SEED)
-            for index in indices:
-                item = dataset[index]
-                parts = (item["data"], item.get("label")) if isinstance(item, Mapping) else tuple(item)[:2]
-                for part in parts:
-                    array = np.asarray(part.detach().cpu() if torch.is_tensor(part) else part)
-                    digest.update(f"{array.dtype}{array.shape}".encode())
-                    digest.update(np.ascontiguousarray(array).tobytes())
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-    return {"images": count, "sampled": len(indices), "sha256": digest.hexdigest()}
-
-
-def _first_images(loader, count: int) -> Optional[torch.Tensor]:
-    """The first ``count`` images (B,3,H,W normalised) of a loader, or None if it is empty."""
-    taken, seen = [], 0
-    for batch in loader:
-        taken.append(batch["data"][: count - seen])
-        seen += len(taken[-1])
-        if seen >= count:
-            break
-    return torch.cat(taken) if taken else None
+        save_synthesis_grids(self.grid_folder(), grid_loaders(id_loader_dict, ood_loader_dict), net, self.synthesize,
+                             self.mean, self.std, self.device, self.config.dataset.name,
+                             self.config.dataset.get("class_names"))
