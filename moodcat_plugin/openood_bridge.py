@@ -35,8 +35,8 @@ available; ``output_dir`` (GAN/Cb caches, grids) -> ``./results/moodcat`` unless
 benchmark object the GAN and Cb train on OpenOOD's ``id_loader_dict['train']`` as it is (its
 batch size and augmentation), and Cb(ext) is unavailable (no outlier set is passed to setup).
 Their cache folders are keyed by a fingerprint of that training set (its size and a hash of an
-evenly spaced sample of its items, see ``training_data_fingerprint``), so a different dataset
-under the same ``dataset.name`` trains anew instead of reusing the old weights.
+evenly spaced sample of its items, see :func:`moodcat_plugin.moodcat.runs.training_data_fingerprint`),
+so a different dataset under the same ``dataset.name`` trains anew instead of reusing the old weights.
 """
 from __future__ import annotations
 
