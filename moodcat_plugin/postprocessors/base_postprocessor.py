@@ -73,6 +73,8 @@ class BasePostprocessor:
 
     #: What conf is computed from: "logits", "features" or "forward" (module docstring).
     needs = "logits"
+    #: The data ``setup`` fits on, for listings ("ID train", "ID val"; "" = no fit).
+    fits_on = ""
     #: Schema of ``postprocessor_args`` (MSP takes none).
     args_schema = NoArgs
     #: Sections of the method file besides postprocessor/trainer/network: name -> schema or Registered.

@@ -24,6 +24,8 @@ class DICEArgs(Schema):
 class DICEPostprocessor(BasePostprocessor):
     """Args: p (sparsity percentile). Needs: features + final layer; fit: ID train."""
 
+    fits_on = "ID train"
+
     needs = "features"
     args_schema = DICEArgs
 

@@ -32,6 +32,8 @@ def min_kl_to_templates(probs: np.ndarray, templates: np.ndarray) -> np.ndarray:
 class KLMPostprocessor(BasePostprocessor):
     """Needs: logits; fit: class templates on ID val (predicted classes)."""
 
+    fits_on = "ID val"
+
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
         logits = self.outputs_of(net, id_loader_dict["val"]).logits
         probs, preds = torch.softmax(logits, dim=1), logits.argmax(dim=1)

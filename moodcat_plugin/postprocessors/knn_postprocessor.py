@@ -8,7 +8,11 @@ over K. Needs: features; fit: the index over ID train.
 """
 from __future__ import annotations
 
-import faiss
+import logging
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing logs at INFO
+
+import faiss  # noqa: E402
 import numpy as np
 import torch
 
@@ -30,6 +34,8 @@ def normalised(features: np.ndarray) -> np.ndarray:
 @register_postprocessor("knn")
 class KNNPostprocessor(BasePostprocessor):
     """Args: K (which neighbour). Needs: features; fit: ID train."""
+
+    fits_on = "ID train"
 
     needs = "features"
     args_schema = KNNArgs

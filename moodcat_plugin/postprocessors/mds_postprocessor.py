@@ -41,6 +41,8 @@ def fit_class_gaussians(features: torch.Tensor, labels: torch.Tensor, num_classe
 class MDSPostprocessor(BasePostprocessor):
     """Needs: features; fit: class Gaussians on ID train."""
 
+    fits_on = "ID train (labels)"
+
     needs = "features"
 
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:

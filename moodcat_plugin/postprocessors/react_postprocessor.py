@@ -24,6 +24,8 @@ class PercentileArgs(Schema):
 class ReActPostprocessor(BasePostprocessor):
     """Args: percentile. Needs: features + final layer; fit: threshold on ID val."""
 
+    fits_on = "ID val"
+
     needs = "features"
     args_schema = PercentileArgs
 

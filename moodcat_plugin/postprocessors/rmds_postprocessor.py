@@ -18,6 +18,8 @@ from moodcat_plugin.registry import register_postprocessor
 class RMDSPostprocessor(MDSPostprocessor):
     """Needs: features; fit: class Gaussians and one background Gaussian on ID train."""
 
+    fits_on = "ID train (labels)"
+
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
         train = self.outputs_of(net, id_loader_dict["train"])
         self.class_mean, self.precision = fit_class_gaussians(train.features, train.labels, train.logits.shape[1])

@@ -32,6 +32,8 @@ def similarity(features: torch.Tensor, patterns: torch.Tensor, metric: str) -> t
 class SHEPostprocessor(BasePostprocessor):
     """Args: metric. Needs: features; fit: class patterns on correctly classified ID train."""
 
+    fits_on = "ID train (labels)"
+
     needs = "features"
     args_schema = SHEArgs
 

@@ -34,6 +34,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 class TempScalingPostprocessor(BasePostprocessor):
     """Needs: logits; fit: T on ID-val labels. Stores the fitted ``temperature`` in ``run_meta``."""
 
+    fits_on = "ID val (labels)"
+
     def setup(self, net, id_loader_dict, ood_loader_dict) -> None:
         val = self.outputs_of(net, id_loader_dict["val"])
         self.temperature = fit_temperature(val.logits, val.labels)

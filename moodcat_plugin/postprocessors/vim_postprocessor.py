@@ -30,6 +30,8 @@ class ViMArgs(Schema):
 class ViMPostprocessor(BasePostprocessor):
     """Args: dim (principal-space size). Needs: features + final layer; fit: ID train."""
 
+    fits_on = "ID train"
+
     needs = "features"
     args_schema = ViMArgs
 
