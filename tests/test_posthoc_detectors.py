@@ -47,3 +47,14 @@ def test_knn_k_beyond_the_training_set_is_a_config_error(make_config):
                                 "postprocessors.knn.postprocessor.APS_mode=false"))
     with pytest.raises(Exception, match="K = 100000 exceeds the .* ID training images"):
         runner.run_method("knn")
+
+
+def test_list_shows_one_line_per_detector(capsys):
+    from moodcat_plugin.cli import main
+
+    assert main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in DETECTORS:
+        line = next(l for l in lines if l.startswith(f"  {name} "))
+        assert f"needs {POSTPROCESSORS.get(name).needs}" in line and "fit: " in line
+    assert any(l.startswith("  mds ") and "fit: ID train (labels)" in l for l in lines)
