@@ -8,7 +8,6 @@ from PIL import Image
 
 from moodcat_plugin.data import Benchmark, ImageArray
 from moodcat_plugin.evaluation import Evaluator
-from moodcat_plugin.evaluation import evaluator as evaluator_module
 from moodcat_plugin.evaluation.evaluator import aps_candidates
 from moodcat_plugin.evaluation.leaderboard import write_leaderboard
 from moodcat_plugin.evaluation.plots import bin_edges
@@ -93,17 +92,10 @@ def test_aps_order_is_openoods_and_first_strict_maximum_wins(make_config, tmp_pa
     assert (pp.temperature, pp.noise) == (1000, 0.0014)
 
 
-def test_outputs_computed_once_and_shared(make_config, monkeypatch):
+def test_outputs_computed_once_and_shared(make_config, forward_passes):
     cfg = make_config(["msp", "ebo"])
     runner = Runner(cfg)
-    passes = []
-    original = evaluator_module.network_outputs
-
-    def counting(net, loader, *args, **kwargs):
-        passes.append(loader.name)
-        return original(net, loader, *args, **kwargs)
-
-    monkeypatch.setattr(evaluator_module, "network_outputs", counting)
+    passes = forward_passes
     runner.run_method("msp")
     first = len(passes)
     runner.run_method("ebo")  # EBO APS sweeps 4 temperatures on the same cached logits

@@ -3,7 +3,6 @@ per dataset, and their ID-train fits reuse the pass cached beside the classifier
 import numpy as np
 import pytest
 
-from moodcat_plugin.evaluation import evaluator as evaluator_module
 from moodcat_plugin.pipeline import Runner, available, default_config_root, expand_methods
 from moodcat_plugin.registry import POSTPROCESSORS
 
@@ -18,15 +17,8 @@ def test_all_includes_the_detectors_and_they_declare_what_they_read():
     assert POSTPROCESSORS.get("odin").needs == "forward" and POSTPROCESSORS.get("moodcat").needs == "forward"
 
 
-def test_detectors_share_one_pass_and_reuse_the_cached_training_pass(make_config, monkeypatch):
-    passes = []
-    original = evaluator_module.network_outputs
-
-    def counting(net, loader, *args, **kwargs):
-        passes.append(loader.name)
-        return original(net, loader, *args, **kwargs)
-
-    monkeypatch.setattr(evaluator_module, "network_outputs", counting)
+def test_detectors_share_one_pass_and_reuse_the_cached_training_pass(make_config, forward_passes):
+    passes = forward_passes
     runner = Runner(make_config(DETECTORS))
     for method in DETECTORS:
         folder = runner.run_method(method)
