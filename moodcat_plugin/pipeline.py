@@ -213,6 +213,7 @@ class Runner:
             info = {"network": f"{cfg.network.name} (width {cfg.network.get('width', 1)}) trained by "
                                f"'{cfg.trainer.name}' for {cfg.trainer.num_epochs} epochs", "trainer": cfg.trainer.name,
                     "checkpoint": str(folder / "final.ckpt"), "cached": result["cached"]}
+            self.evaluator.keep_train_outputs_beside(net, folder / "final.ckpt")  # fits reuse its ID-train pass
         info["outlier_data"] = bool(trainer_cls.uses_outlier_data and not (checkpoint and cfg.trainer.name == "base"))
         net.eval()
         self._networks[str(folder)] = (net, info)

@@ -86,7 +86,7 @@ def test_methods_are_registered_with_outlier_flags():
     assert TRAINERS.get("base").uses_outlier_data is False
     assert NETWORKS.get("resnet18_32x32_udg") is ResNet18_32x32_UDG
     assert NETWORKS.get("resnet18_32x32_mcd") is ResNet18_32x32_MCD
-    assert POSTPROCESSORS.get("mcd") is MCDPostprocessor and MCDPostprocessor.uses_logits_only is False
+    assert POSTPROCESSORS.get("mcd") is MCDPostprocessor and MCDPostprocessor.needs == "forward"
 
 
 @pytest.mark.parametrize("cls", [ResNet18_32x32_UDG, ResNet18_32x32_MCD])

@@ -151,7 +151,7 @@ class IqaConfig(Schema):
 class MoodcatPostprocessor(BasePostprocessor):
     """MOODCAT: conf = cascade of calibrated scorers on (x, G(M(x), C(x))); higher = more ID."""
 
-    uses_logits_only = False
+    needs = "forward"
     args_schema = MoodcatArgs
     config_sections = {
         "gan_network": Registered(NETWORKS, default_name="moodcat_gan"),
