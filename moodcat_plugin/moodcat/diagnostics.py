@@ -11,19 +11,28 @@ labels (seeded), so variants are compared on the same pairs:
   between syntheses of one masked image under its label and under a wrong label, relative to
   the reconstruction error of the matched synthesis (MSE(x', x)). Near 0: the generator
   ignores the label.
+* :func:`shuffle_drop` (issue 27) -- validation AUROC of a score with x' as synthesised and with
+  every image's x' replaced by the synthesis of ANOTHER image of the same set (a derangement).
+  A score that compares x with its own x' loses AUROC; one that reads (x, y) alone, or x' alone
+  (the set's syntheses are the same, only their pairing changes), keeps it. A row counts as
+  re-synthesis only with a drop of at least ``SHUFFLE_DROP_MIN`` AUROC points (tests hold a
+  positive and two negative controls).
 
 Images are in [-1, 1] throughout (loader batches are converted with the benchmark mean/std).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from moodcat_plugin.moodcat.images import to_signed_unit
 from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
 
 DIAGNOSTIC_SEED = 4321
+SHUFFLE_DROP_MIN = 5.0  # AUROC points: below this a row does not count as re-synthesis (issue 27)
 
 
 def mismatched_labels(labels: torch.Tensor, num_classes: int,
@@ -94,3 +103,31 @@ def label_effect(gan, loader, mean, std, num_classes: int, mask_style: str = "ra
         count += len(y)
     label_mse, recon_mse = label_sum / max(1, count), recon_sum / max(1, count)
     return {"label_mse": label_mse, "recon_mse": recon_mse, "ratio": label_mse / max(recon_mse, 1e-12)}
+
+
+def auroc_percent(id_distance, ood_distance) -> float:
+    """AUROC in percent of OOD against ID, distances HIGH = OOD (ties count one half)."""
+    id_distance, ood_distance = np.asarray(id_distance, np.float64), np.asarray(ood_distance, np.float64)
+    is_ood = np.concatenate([np.zeros(len(id_distance)), np.ones(len(ood_distance))])
+    return 100.0 * float(roc_auc_score(is_ood, np.concatenate([id_distance, ood_distance])))
+
+
+def shuffle_drop(score: Callable, id_items, ood_items: Mapping[str, object],
+                 shuffle: Callable, seed: int = DIAGNOSTIC_SEED) -> Dict[str, float]:
+    """Does ``score`` read each image's own synthesis? (module doc)
+
+    ``score(items) -> [N]`` distance (high = OOD) of one set's items (e.g. a re-synthesis readout);
+    ``shuffle(items, seed) -> items`` gives every image another image's synthesis. ``ood_items``:
+    OOD-val sets by name; AUROC (percent) is the mean over them. Returns ``{'auroc',
+    'auroc_shuffled', 'drop', 'reads_synthesis'}`` (drop = auroc - auroc_shuffled; reads_synthesis
+    1.0 when drop >= SHUFFLE_DROP_MIN else 0.0)."""
+    def mean_auroc(transform) -> float:
+        id_distance = score(transform(id_items, seed))
+        return float(np.mean([auroc_percent(id_distance, score(transform(items, seed + 1 + i)))
+                              for i, items in enumerate(ood_items.values())]))
+
+    plain = mean_auroc(lambda items, _: items)
+    shuffled = mean_auroc(shuffle)
+    drop = plain - shuffled
+    return {"auroc": plain, "auroc_shuffled": shuffled, "drop": drop,
+            "reads_synthesis": float(drop >= SHUFFLE_DROP_MIN)}
