@@ -150,3 +150,25 @@ def test_benchmark_loads_the_far_validation_set(make_config, fake_data_pack):
     cfg = make_config(["msp"], benchmark="cifar10", profile="cpu", data_root=str(fake_data_pack))
     bench = load_benchmark(cfg.dataset, cfg.data_root, progress=False)
     assert len(bench.ood_val_far) == 1000 and bool((bench.ood_val_far.labels == -1).all())
+
+
+def test_ablation_rows_count_only_standalone_rows_that_read_their_synthesis(script):
+    """The table script's row scoring on constructed readouts: a comparison row that reads x' counts,
+    its EBO fusion and the baselines never do."""
+    ablation = script("resynthesis_ablation")
+    id_reads = lambda seed: _readout(200, lambda x, e: x + 0.1 * e, seed=seed, masks=4)  # noqa: E731
+    ood_reads = lambda seed: _readout(200, lambda x, e: e, seed=seed, masks=4)  # noqa: E731
+    readouts = {"id_val": id_reads(1), "tin_val": ood_reads(2), "far_val": ood_reads(3), "id_test": id_reads(4),
+                "cifar100": ood_reads(5), "mnist": ood_reads(6)}
+    groups = {"near": ["cifar100"], "far": ["mnist"]}
+    row = {"name": "feature_l1_k4", "distance": "feature_l1", "reference": "input", "masks": "random", "num_masks": 4}
+    scored = ablation.score_row(row, readouts, groups, unit_s=0.01)
+    assert scored["counts"] and scored["shuffle_drop"] >= 5 and scored["near_auroc"] > 95
+    assert scored["extra_s_per_1000"] == pytest.approx(40.0)
+    fused = ablation.score_row({**row, "name": "fused", "fuse": "ebo"}, readouts, groups, unit_s=0.01)
+    msp = ablation.score_row({"name": "msp", "baseline": "msp"}, readouts, groups, unit_s=0.01)
+    assert not fused["counts"] and not msp["counts"] and msp["shuffle_drop"] == 0.0
+    table = ablation.render([scored, fused, msp], {name: 200 for name in readouts}, 0.01, "cifar10")
+    assert "| feature_l1_k4 | yes |" in table and "| fused | no |" in table
+    timing = {"a_random": {"images": 10, "seconds": 12.0, "classifier_seconds": 1.0, "syntheses": 5, "group": "val"}}
+    assert ablation.seconds_per_synthesis(timing) == pytest.approx(0.2)
