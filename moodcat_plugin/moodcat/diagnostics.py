@@ -5,8 +5,11 @@ labels (seeded), so variants are compared on the same pairs:
 
 * :func:`pair_accuracy` -- Cb's binary accuracy on one matched pair ``(x, G(M(x), y), y)`` and
   one mismatched pair ``(x, G(M(x), y'), y')`` per image (logit > 0 = mismatch). With
-  ``shuffle_synthesis`` every image is paired with ANOTHER image's synthesis (the batch rolled by
-  one, labels kept): if the accuracy hardly drops, Cb judges (x, y) and ignores x'.
+  ``shuffle_synthesis`` every image is paired with ANOTHER image's synthesis, drawn from the whole
+  set by a seeded derangement (labels kept): if the accuracy hardly drops, Cb judges (x, y) and
+  ignores x'. (Until issue 27 the batch was rolled by one; OpenOOD's ID val lists are sorted by
+  class, so 99 % of the partners had the image's own class and a Cb comparing x with a class-typical
+  x' could not be caught: the positive control in tests/test_moodcat_variants.py fails with it.)
 * :func:`label_effect` -- how much the label changes the synthesis: mean squared difference
   between syntheses of one masked image under its label and under a wrong label, relative to
   the reconstruction error of the matched synthesis (MSE(x', x)). Near 0: the generator
@@ -32,7 +35,19 @@ from moodcat_plugin.moodcat.images import to_signed_unit
 from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask
 
 DIAGNOSTIC_SEED = 4321
+CB_BATCH = 256
 SHUFFLE_DROP_MIN = 5.0  # AUROC points: below this a row does not count as re-synthesis (issue 27)
+
+
+def derangement(count: int, seed: int) -> torch.Tensor:
+    """Indices ``source`` ``[count]`` (int64) with ``source[i] != i``: image i takes item source[i]
+    of ANOTHER image, partners drawn uniformly over the whole set (seeded); needs count >= 2."""
+    if count < 2:
+        raise ValueError("a derangement needs at least two items")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    source = torch.empty_like(order)
+    source[order] = order.roll(1)  # image order[i] takes the item of order[i-1]: never its own
+    return source
 
 
 def mismatched_labels(labels: torch.Tensor, num_classes: int,
@@ -70,20 +85,24 @@ def pair_accuracy(cb, gan, loader, mean, std, num_classes: int, mask_style: str 
                   device: torch.device | str = "cpu") -> float:
     """Binary accuracy of ``cb`` in [0, 1] over matched + mismatched pairs (see module doc)."""
     generator = torch.Generator().manual_seed(DIAGNOSTIC_SEED)
-    was_training = cb.training
-    cb.eval()
-    correct = total = 0
+    batches = []
     for x, y in _batches(loader, mean, std, device):
         wrong, matched, mismatched = matched_and_mismatched(gan, x, y, num_classes, mask_style, area, use_ema,
                                                             generator)
-        if shuffle_synthesis:
-            matched, mismatched = matched.roll(1, dims=0), mismatched.roll(1, dims=0)
-        positive = cb(x, matched, y)
-        negative = cb(x, mismatched, wrong)
-        correct += int((positive < 0).sum()) + int((negative > 0).sum())
-        total += 2 * len(y)
+        batches.append((x, y, wrong, matched, mismatched))
+    x, y, wrong, matched, mismatched = (torch.cat(parts) for parts in zip(*batches))
+    if shuffle_synthesis:
+        source = derangement(len(x), DIAGNOSTIC_SEED).to(x.device)
+        matched, mismatched = matched[source], mismatched[source]
+    was_training = cb.training
+    cb.eval()
+    correct = 0
+    for start in range(0, len(x), CB_BATCH):
+        part = slice(start, start + CB_BATCH)
+        correct += int((cb(x[part], matched[part], y[part]) < 0).sum())
+        correct += int((cb(x[part], mismatched[part], wrong[part]) > 0).sum())
     cb.train(was_training)
-    return correct / max(1, total)
+    return correct / max(1, 2 * len(x))
 
 
 @torch.no_grad()

@@ -43,6 +43,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from moodcat_plugin.moodcat.diagnostics import derangement
 from moodcat_plugin.moodcat.images import from_signed_unit, to_signed_unit
 from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask, heatmap_rectangle_mask
 from moodcat_plugin.moodcat.scorers import logit_distance
@@ -190,12 +191,7 @@ def concat_readouts(parts: Sequence[Readout]) -> Readout:
 def shuffled_synthesis(readout: Readout, seed: int = 0) -> Readout:
     """The readout with every image's synthesis entries (SYNTHESIS_KEYS) replaced by those of
     ANOTHER image of the same set: a seeded derangement (no image keeps its own), x entries kept."""
-    count = len(readout["logits"])
-    if count < 2:
-        raise ValueError("shuffling syntheses needs at least two images")
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    source = torch.empty_like(order)
-    source[order] = order.roll(1)  # image order[i] takes the synthesis of order[i-1]: never itself
+    source = derangement(len(readout["logits"]), seed)
     return {key: value[source] if key in SYNTHESIS_KEYS else value for key, value in readout.items()}
 
 
