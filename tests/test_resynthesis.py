@@ -172,3 +172,24 @@ def test_ablation_rows_count_only_standalone_rows_that_read_their_synthesis(scri
     assert "| feature_l1_k4 | yes |" in table and "| fused | no |" in table
     timing = {"a_random": {"images": 10, "seconds": 12.0, "classifier_seconds": 1.0, "syntheses": 5, "group": "val"}}
     assert ablation.seconds_per_synthesis(timing) == pytest.approx(0.2)
+
+
+def test_postprocessor_scorers_equal_the_readout_distances():
+    """``scorers: [logit_l1]`` / ``[feature_l1]`` of the moodcat method give the table's K=1 rows."""
+    from moodcat_plugin.moodcat.images import to_signed_unit
+    from moodcat_plugin.moodcat.masking import apply_mask
+    from moodcat_plugin.moodcat.scorers import ClassifierOutputDistance
+
+    torch.manual_seed(0)
+    net = ResNet18_32x32(6, width=0.125).eval()
+    gan = MoodcatGAN(6, ch=8, latent_dim=16, disc_ch=8).eval()
+    images = torch.rand(5, 3, 32, 32)  # in [0, 1], as loader images before normalisation
+    data = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    readout = read_synthesis(gan, net, data, MEAN, STD, num_masks=1, num_alt=0,
+                             generator=torch.Generator().manual_seed(3))
+    x = to_signed_unit(data, MEAN, STD)
+    synthesis = gan.synthesize_from_masked(apply_mask(x, area=(0.15, 0.33), generator=torch.Generator().manual_seed(3)),
+                                           net(data).argmax(1))
+    for name in ("logit_l1", "feature_l1"):
+        scorer = ClassifierOutputDistance(net, MEAN, STD, name)
+        assert torch.allclose(scorer(x, synthesis, None), variant_distance(readout, name, "input", 1), atol=1e-4)

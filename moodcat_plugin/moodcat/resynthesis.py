@@ -46,7 +46,7 @@ import torch
 from moodcat_plugin.moodcat.diagnostics import derangement
 from moodcat_plugin.moodcat.images import from_signed_unit, to_signed_unit
 from moodcat_plugin.moodcat.masking import TEST_AREA, apply_mask, heatmap_rectangle_mask
-from moodcat_plugin.moodcat.scorers import logit_distance
+from moodcat_plugin.moodcat.scorers import feature_l1, logit_distance, logit_l1
 
 MASK_FAMILIES = ("random", "cam")
 SYNTHESIS_KEYS = ("synth_logits", "synth_feature", "alt_logits", "alt_feature", "label_mse", "recon_mse")
@@ -73,17 +73,8 @@ def reference(name: str):
     return register
 
 
-@distance("logit_l1")
-def logit_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """DiffGuard's score: L1 distance between logit vectors, >= 0."""
-    return (a - b).abs().sum(-1)
-
-
-@distance("feature_l1")
-def feature_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """DiffNB's score: L1 distance between L2-normalised feature vectors, in [0, 2 sqrt(D)]."""
-    unit = lambda t: t / (t.norm(dim=-1, keepdim=True) + EPS)  # noqa: E731
-    return (unit(a) - unit(b)).abs().sum(-1)
+distance("logit_l1")(logit_l1)
+distance("feature_l1")(feature_l1)
 
 
 def _space(distance_name: str) -> str:

@@ -13,6 +13,9 @@ synthesis ``x_synth`` (both ``[B,3,32,32]`` in [-1,1]) and the conditioning labe
   ``classifier(x, return_feature_list=True)`` unit-normalised over channels, squared difference
   between x and x', averaged over space and layers (uniform weights: no learned heads), >= 0.
   Needs no downloaded weights; the classifier is read, never trained.
+* ``logit_l1`` / ``feature_l1`` (:class:`ClassifierOutputDistance`, not in the paper; issue 27) --
+  DiffGuard's L1 distance between the deployed classifier's logits on x and x', and DiffNB's L1
+  distance between its L2-normalised penultimate features, >= 0. No weights to fetch.
 * ``ebo`` (:func:`logit_distance`) -- not MOODCAT: the classifier's free energy, for the cascade
   "MOODCAT then a logit score" that the leaderboard reports as its own row.
 
@@ -43,7 +46,7 @@ from moodcat_plugin.errors import ConfigError, MissingWeightsError
 IQA_SCORERS = ("lpips", "dists")
 CB_SCORERS = ("cb", "cb_ext")
 LOGIT_SCORERS = ("ebo",)  # classifier scores for cascade rows that name them (not MOODCAT alone)
-FEATURE_SCORERS = ("classifier_lpips",)  # distances in the frozen classifier's feature space (no weights to fetch)
+FEATURE_SCORERS = ("classifier_lpips", "logit_l1", "feature_l1")  # distances in the frozen classifier's feature space (no weights to fetch)
 LPIPS_TRUNKS = ("vgg", "alex")
 # How to drop the IQA scorers with our CLI (the default); inside OpenOOD the bridge passes its own.
 DROP_HINT = ("--set postprocessors.moodcat.postprocessor.postprocessor_args.scorers=[cb] "
@@ -160,6 +163,40 @@ def logit_distance(name: str, logits: torch.Tensor) -> torch.Tensor:
     if name != "ebo":
         raise ConfigError(f"unknown logit scorer '{name}'; valid: {', '.join(LOGIT_SCORERS)}")
     return -torch.logsumexp(logits.float(), dim=1)
+
+
+def logit_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """DiffGuard's score: L1 distance between logit vectors ``[..., C]`` -> ``[...]``, >= 0."""
+    return (a - b).abs().sum(-1)
+
+
+def feature_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """DiffNB's score: L1 distance between L2-normalised feature vectors ``[..., D]`` -> ``[...]``,
+    in [0, 2 sqrt(D)]."""
+    unit = lambda t: t / (t.norm(dim=-1, keepdim=True) + 1e-8)  # noqa: E731
+    return (unit(a) - unit(b)).abs().sum(-1)
+
+
+class ClassifierOutputDistance(nn.Module):
+    """``logit_l1`` or ``feature_l1`` between the frozen classifier's outputs on x and x', >= 0."""
+
+    def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float], name: str):
+        super().__init__()
+        if name not in ("logit_l1", "feature_l1"):
+            raise ConfigError(f"unknown classifier-output distance '{name}'; valid: logit_l1, feature_l1")
+        self.name = name
+        self.__dict__["classifier"] = classifier  # read-only, not a submodule: never saved or trained
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, x_synth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.classifier.eval()
+        images = (torch.cat([x, x_synth]) + 1.0) * 0.5
+        logits, feature = self.classifier((images - self.mean) / self.std, return_feature=True)
+        output = (logits if self.name == "logit_l1" else feature).float()
+        distance = logit_l1 if self.name == "logit_l1" else feature_l1
+        return distance(output[: len(x)], output[len(x):])
 
 
 class ClassifierLPIPS(nn.Module):
