@@ -52,6 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--pretrained", required=True, help="generator weights file, e.g. weights/moodcat_cifar10.pt")
     parser.add_argument("--stage", choices=["read", "table", "all"], default="all")
     parser.add_argument("--per-set", type=int, default=600, help="test images per test set (seeded subset)")
+    parser.add_argument("--masks", nargs="+", choices=MASK_FAMILIES, default=list(MASK_FAMILIES),
+                        help="mask families to read (two processes may read one each)")
     parser.add_argument("--output-dir", type=Path, default=Path("results"))
     parser.add_argument("--data-root")
     parser.add_argument("--device", default=None)
@@ -100,10 +102,8 @@ def read_stage(args, spec) -> None:
     bench, device = runner.benchmark, runner.config.device
     settings = spec["read"]
     folder = args.output_dir / "resynthesis" / args.benchmark / "readouts"
-    timing_path = folder / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     for name, (group, images) in evaluation_sets(runner, args.per_set).items():
-        for family in MASK_FAMILIES:
+        for family in args.masks:
             path = folder / f"{name}_{family}.pt"
             if path.is_file():
                 continue
@@ -122,9 +122,8 @@ def read_stage(args, spec) -> None:
                                             num_alt=num_alt, area=(0.15, 0.33), generator=generator))
             total = time.time() - started
             atomic_torch_save({k: v.cpu() for k, v in concat_readouts(parts).items()}, path)
-            timing[f"{name}_{family}"] = {"images": len(images), "seconds": total, "classifier_seconds": classifier_s,
-                                          "syntheses": num_masks + num_alt, "group": group}
-            atomic_write_json(timing, timing_path)
+            atomic_write_json({"set": name, "images": len(images), "seconds": total, "classifier_seconds": classifier_s,
+                               "syntheses": num_masks + num_alt, "group": group}, path.with_suffix(".json"))
             log.info("%s/%s: %d images, %.0f s", name, family, len(images), total)
 
 
@@ -184,8 +183,14 @@ def score_row(variant: dict, readouts: dict, groups: dict, unit_s: float) -> dic
 
 def table_stage(args, spec) -> str:
     folder = args.output_dir / "resynthesis" / args.benchmark
-    timing = json.loads((folder / "readouts" / "timing.json").read_text())
-    names = sorted({key.rsplit("_", 1)[0] for key in timing}, key=list(timing).index)
+    timing = {path.stem: json.loads(path.read_text()) for path in sorted((folder / "readouts").glob("*.json"))}
+    missing = [f"{t['set']}_{family}" for t in timing.values() for family in MASK_FAMILIES
+               if f"{t['set']}_{family}" not in timing]
+    if not timing or missing:
+        raise UserError(f"readouts missing in {folder / 'readouts'}: {', '.join(missing) or 'all'}; run --stage read")
+    names = list(dict.fromkeys(t["set"] for t in timing.values()))
+    order = ["id_val", "tin_val", "far_val", "id_test"]
+    names = sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
     groups = {"near": [], "far": []}
     for name in names:
         group = timing[f"{name}_random"]["group"]
