@@ -70,7 +70,9 @@ def build_runner(args):
     flags = {"output_dir": str(args.output_dir / "resynthesis"), "checkpoint_dir": str(args.output_dir / "checkpoints"),
              "data_root": args.data_root, "device": args.device, "progress": False,
              "postprocessors": pretrained_flags([METHOD], args.pretrained, root)}
-    config = build_config(args.benchmark, [METHOD], args.profile, overrides=args.overrides, flags=flags)
+    only_generator = f"postprocessors.{METHOD}.postprocessor.postprocessor_args.scorers=[cb]"  # no IQA trunks needed
+    config = build_config(args.benchmark, [METHOD], args.profile, overrides=[only_generator, *args.overrides],
+                          flags=flags)
     runner = Runner(config)
     post, net, _ = runner.prepare_method(METHOD)
     post.train(None, runner.evaluator.id_loader_dict)  # loads the file's generator (and Cb), trains nothing
