@@ -177,43 +177,48 @@ def feature_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (unit(a) - unit(b)).abs().sum(-1)
 
 
-class ClassifierOutputDistance(nn.Module):
-    """``logit_l1`` or ``feature_l1`` between the frozen classifier's outputs on x and x', >= 0."""
+class _FrozenClassifierDistance(nn.Module):
+    """Base of the distances read in the deployed classifier's space: it is read, never trained."""
 
     def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float], name: str):
         super().__init__()
-        if name not in ("logit_l1", "feature_l1"):
-            raise ConfigError(f"unknown classifier-output distance '{name}'; valid: logit_l1, feature_l1")
         self.name = name
         self.__dict__["classifier"] = classifier  # read-only, not a submodule: never saved or trained
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, x_synth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def classifier_input(self, x: torch.Tensor, x_synth: torch.Tensor) -> torch.Tensor:
+        """x then x' (``[2B,3,H,W]``), from [-1,1] to the classifier's normalisation."""
         self.classifier.eval()
         images = (torch.cat([x, x_synth]) + 1.0) * 0.5
-        logits, feature = self.classifier((images - self.mean) / self.std, return_feature=True)
+        return (images - self.mean) / self.std
+
+
+class ClassifierOutputDistance(_FrozenClassifierDistance):
+    """``logit_l1`` or ``feature_l1`` between the frozen classifier's outputs on x and x', >= 0."""
+
+    def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float], name: str):
+        if name not in ("logit_l1", "feature_l1"):
+            raise ConfigError(f"unknown classifier-output distance '{name}'; valid: logit_l1, feature_l1")
+        super().__init__(classifier, mean, std, name)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, x_synth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, feature = self.classifier(self.classifier_input(x, x_synth), return_feature=True)
         output = (logits if self.name == "logit_l1" else feature).float()
         distance = logit_l1 if self.name == "logit_l1" else feature_l1
         return distance(output[: len(x)], output[len(x):])
 
 
-class ClassifierLPIPS(nn.Module):
+class ClassifierLPIPS(_FrozenClassifierDistance):
     """Perceptual distance in the frozen classifier's feature space (see module doc), >= 0."""
 
     def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.name = "classifier_lpips"
-        self.__dict__["classifier"] = classifier  # read-only, not a submodule: never saved or trained
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        super().__init__(classifier, mean, std, "classifier_lpips")
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, x_synth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.classifier.eval()
-        images = (torch.cat([x, x_synth]) + 1.0) * 0.5
-        _, maps = self.classifier((images - self.mean) / self.std, return_feature_list=True)
+        _, maps = self.classifier(self.classifier_input(x, x_synth), return_feature_list=True)
         total = torch.zeros(len(x), device=x.device)
         for feature in maps:
             unit = feature.float() / (feature.float().norm(dim=1, keepdim=True) + 1e-10)
