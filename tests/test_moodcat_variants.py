@@ -181,6 +181,7 @@ def test_ablation_script_writes_one_table_of_variants(tmp_path, capsys, script):
     rows = json.loads((out / "ablation" / "demo" / "moodcat_deployable.json").read_text())
     assert [r["name"] for r in rows] == ["paper", "paper_k4"]  # the config file's order
     assert all(0 <= r["cb_val_acc"] <= 1 and r["recon_mse"] > 0 for r in rows)
+    assert all(-100 <= r["shuffle_drop"] <= 100 for r in rows) and "| shuffle drop |" in table
     (out / "ablation" / "demo" / "moodcat_deployable.md").unlink()
     assert moodcat_ablation.main([*common, "--stage", "table"]) == 0  # rewrites the table, scores nothing
     assert (out / "ablation" / "demo" / "moodcat_deployable.md").read_text() == table

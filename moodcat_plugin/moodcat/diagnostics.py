@@ -150,3 +150,59 @@ def shuffle_drop(score: Callable, id_items, ood_items: Mapping[str, object],
     drop = plain - shuffled
     return {"auroc": plain, "auroc_shuffled": shuffled, "drop": drop,
             "reads_synthesis": float(drop >= SHUFFLE_DROP_MIN)}
+
+
+@torch.no_grad()
+def _read_pairs(post, net, loader) -> Dict[str, torch.Tensor]:
+    """x ``[N,3,H,W]``, its K syntheses ``[N,K,3,H,W]`` (the method's test masks, seeded), the
+    predicted labels and the logits, for every image of ``loader``. The method's own mask
+    generator is left as it was."""
+    state = post.generator.get_state()
+    post.generator.manual_seed(DIAGNOSTIC_SEED)
+    try:
+        return _read_pairs_seeded(post, net, loader)
+    finally:
+        post.generator.set_state(state)
+
+
+def _read_pairs_seeded(post, net, loader) -> Dict[str, torch.Tensor]:
+    parts: Dict[str, list] = {"x": [], "synth": [], "label": [], "logits": []}
+    for batch in loader:
+        data = batch["data"].to(post.device)
+        logits = net(data)
+        pred = logits.argmax(dim=1)
+        x = to_signed_unit(data, post.mean, post.std)
+        parts["x"].append(x)
+        parts["synth"].append(torch.stack([post.synthesize(x, pred)[1] for _ in range(post.num_masks)], dim=1))
+        parts["label"].append(pred)
+        parts["logits"].append(logits)
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+@torch.no_grad()
+def _fused_distance(post, items: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The method's fused score as a distance ``[N]`` (-conf, high = OOD) of read pairs."""
+    from moodcat_plugin.moodcat.scorers import logit_distance
+
+    distances: Dict[str, list] = {}
+    for start in range(0, len(items["x"]), CB_BATCH):
+        x, synth = items["x"][start:start + CB_BATCH], items["synth"][start:start + CB_BATCH]
+        label, logits = items["label"][start:start + CB_BATCH], items["logits"][start:start + CB_BATCH]
+        for name in post.scorer_names:
+            if name in post.scorer_modules:
+                scorer = post.scorer_modules[name]
+                value = torch.stack([scorer(x, synth[:, k], label).float() for k in range(synth.shape[1])]).mean(0)
+            else:
+                value = logit_distance(name, logits)
+            distances.setdefault(name, []).append(value.cpu())
+    return -post.fusion.transform({name: torch.cat(values) for name, values in distances.items()})
+
+
+def method_shuffle_drop(post, net, id_loader, ood_loaders: Mapping[str, object]) -> Dict[str, float]:
+    """:func:`shuffle_drop` of a set-up MOODCAT postprocessor (its scorers, fusion and test masks,
+    labels = the classifier's predictions) on ID val against the OOD-val loaders by name."""
+    def shuffle(items, seed):
+        return {**items, "synth": items["synth"][derangement(len(items["x"]), seed).to(items["synth"].device)]}
+
+    return shuffle_drop(lambda items: _fused_distance(post, items), _read_pairs(post, net, id_loader),
+                        {name: _read_pairs(post, net, loader) for name, loader in ood_loaders.items()}, shuffle)
