@@ -193,3 +193,47 @@ def test_postprocessor_scorers_equal_the_readout_distances():
     for name in ("logit_l1", "feature_l1"):
         scorer = ClassifierOutputDistance(net, MEAN, STD, name)
         assert torch.allclose(scorer(x, synthesis, None), variant_distance(readout, name, "input", 1), atol=1e-4)
+
+
+class _FlatClassWorld:
+    """A constructed MOODCAT: images are flat grey at a level; the classifier predicts the nearest of
+    six class levels; the generator returns the flat image of the predicted class. ID images sit on a
+    class level (their synthesis restores them), OOD images between levels (it does not)."""
+
+    levels = torch.tensor([-0.75, -0.45, -0.15, 0.15, 0.45, 0.75])
+
+    def __init__(self, scorer):
+        from moodcat_plugin.moodcat.fusion import CascadeFusion
+
+        self.mean, self.std, self.num_masks, self.device = [0.5] * 3, [0.5] * 3, 2, torch.device("cpu")
+        self.generator = torch.Generator().manual_seed(0)
+        self.scorer_names, self.scorer_modules = ["probe"], {"probe": scorer}
+        self.fusion = CascadeFusion()
+        self.net = lambda data: -(data.mean(dim=(1, 2, 3))[:, None] - self.levels[None]).abs() * 10
+        self.loader = lambda values: [{"data": torch.tensor(values).view(-1, 1, 1, 1).expand(-1, 3, 8, 8).clone()}]
+
+    def synthesize(self, x, y):
+        return x, self.levels[y].view(-1, 1, 1, 1).expand_as(x).clone()
+
+
+@pytest.mark.parametrize("reads_pairing", [True, False])
+def test_method_shuffle_drop_controls(reads_pairing):
+    """The method-level diagnostic (moodcat_ablation's column): a scorer comparing x with its own
+    synthesis drops >= 5 points when syntheses are shuffled; one reading x alone does not move."""
+    from moodcat_plugin.moodcat.diagnostics import method_shuffle_drop
+
+    class Probe(torch.nn.Module):
+        def forward(self, x, x_synth, y):
+            if reads_pairing:
+                return (x - x_synth).abs().mean(dim=(1, 2, 3))  # compares x with its own synthesis
+            return -(x.mean(dim=(1, 2, 3)).abs())  # reads x alone: OOD levels here are nearer 0
+
+    world = _FlatClassWorld(Probe())
+    id_values = world.levels.repeat(10).tolist()  # on the class levels (both signs, all classes)
+    ood_values = (torch.tensor([-0.6, -0.3, 0.0, 0.3, 0.6]).repeat(12) + 0.01).tolist()
+    world.fusion.fit({"probe": Probe()(*[torch.tensor(id_values).view(-1, 1, 1, 1).expand(-1, 3, 8, 8)] * 2, None)})
+    result = method_shuffle_drop(world, world.net, world.loader(id_values), {"ood": world.loader(ood_values)})
+    if reads_pairing:
+        assert result["auroc"] > 95 and result["drop"] >= SHUFFLE_DROP_MIN
+    else:
+        assert result["drop"] == 0.0 and result["reads_synthesis"] == 0.0
