@@ -31,7 +31,7 @@ from moodcat_plugin.evaluation.leaderboard import collect_rows, table_values, _c
 from moodcat_plugin.evaluation.metrics import ood_metrics
 from moodcat_plugin.data import make_loader
 from moodcat_plugin.moodcat.diagnostics import label_effect, method_shuffle_drop, pair_accuracy
-from moodcat_plugin.pipeline import Runner, build_config, default_config_root, method_config
+from moodcat_plugin.pipeline import Runner, build_config, default_config_root, method_config, pretrained_flags
 from moodcat_plugin.registry import POSTPROCESSORS
 from moodcat_plugin.utils import atomic_write_json, atomic_write_text, run_guarded
 
@@ -48,6 +48,8 @@ def parse_args(argv=None):
                         help="train: train what the variants need; all: train and score; table: only write "
                              "the table from the variants scored so far")
     parser.add_argument("--output-dir", type=Path, default=Path("results"))
+    parser.add_argument("--pretrained", help="score with this shipped weights file (e.g. weights/moodcat_cifar10.pt) "
+                                             "instead of training the generator; parts it lacks are trained on it")
     parser.add_argument("--data-root")
     parser.add_argument("--device", default=None)
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="global override")
@@ -62,7 +64,9 @@ def variant_overrides(method: str, settings: dict) -> list:
 def variant_config(args, variant: dict, spec: dict):
     method = variant.get("method", spec["method"])
     flags = {"output_dir": str(args.output_dir / "ablation"), "checkpoint_dir": str(args.output_dir / "checkpoints"),
-             "data_root": args.data_root, "device": args.device, "progress": False if args.no_progress else None}
+             "data_root": args.data_root, "device": args.device, "progress": False if args.no_progress else None,
+             "postprocessors": (pretrained_flags([method], args.pretrained, default_config_root())
+                                if args.pretrained else None)}
     settings = {**(spec.get("common") or {}), **(variant.get("set") or {})}
     overrides = list(args.overrides) + variant_overrides(method, settings)
     return method, build_config(args.benchmark, [method], args.profile, overrides=overrides, flags=flags)

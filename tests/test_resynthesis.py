@@ -237,3 +237,18 @@ def test_method_shuffle_drop_controls(reads_pairing):
         assert result["auroc"] > 95 and result["drop"] >= SHUFFLE_DROP_MIN
     else:
         assert result["drop"] == 0.0 and result["reads_synthesis"] == 0.0
+
+
+def test_moodcat_ablation_scores_shipped_weights(tmp_path, script):
+    """``moodcat_ablation.py --pretrained FILE`` puts the file in every variant's method config."""
+    import yaml
+
+    from moodcat_plugin.pipeline import default_config_root, method_config
+
+    moodcat_ablation = script("moodcat_ablation")
+    args = moodcat_ablation.parse_args(["-b", "cifar10", "--profile", "cpu", "--output-dir", str(tmp_path),
+                                        "--pretrained", "weights/moodcat_cifar10.pt"])
+    spec = yaml.safe_load((default_config_root() / "ablations" / "moodcat_deployable.yml").read_text())
+    variant = next(v for v in spec["variants"] if v["name"] == "paper")
+    method, config = moodcat_ablation.variant_config(args, variant, spec)
+    assert method_config(config, method)["pretrained"]["file"] == "weights/moodcat_cifar10.pt"
