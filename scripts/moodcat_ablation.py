@@ -75,6 +75,8 @@ def variant_config(args, variant: dict, spec: dict):
 def training_seconds(post) -> float:
     total = 0.0
     for info in post.training_info.values():
+        if "folder" not in info:  # loaded from a shipped weights file: trained elsewhere, no history here
+            continue
         history = Path(info["folder"]) / "history.json"
         if history.is_file():
             total += sum(epoch.get("seconds", 0.0) for epoch in json.loads(history.read_text()))

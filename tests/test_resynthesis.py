@@ -252,3 +252,8 @@ def test_moodcat_ablation_scores_shipped_weights(tmp_path, script):
     variant = next(v for v in spec["variants"] if v["name"] == "paper")
     method, config = moodcat_ablation.variant_config(args, variant, spec)
     assert method_config(config, method)["pretrained"]["file"] == "weights/moodcat_cifar10.pt"
+
+    from types import SimpleNamespace
+
+    shipped = SimpleNamespace(training_info={"moodcat_gan": {"pretrained": "weights/moodcat_cifar10.pt", "cached": True}})
+    assert moodcat_ablation.training_seconds(shipped) == 0.0  # no run folder: nothing trained here
