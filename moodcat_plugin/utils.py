@@ -12,7 +12,7 @@ import shutil
 import sys
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -205,6 +205,14 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: st
             f"{source} does not match the network ({first_lines[:400]}); check the network name, "
             "its width and the number of classes"
         ) from exc
+
+
+def key_value_notes(notes: Sequence[str], option: str = "--note") -> Dict[str, str]:
+    """``['k=v', ...]`` -> ``{'k': 'v'}``; a UserError naming ``option`` for an item without ``=``."""
+    bad = [note for note in notes if "=" not in note]
+    if bad:
+        raise UserError(f"{option} takes KEY=VALUE, got {bad[0]!r}")
+    return dict(note.split("=", 1) for note in notes)
 
 
 def run_guarded(action: Callable[[], Optional[str]], verbose: bool = False) -> int:

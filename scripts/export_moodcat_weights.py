@@ -21,8 +21,8 @@ import argparse
 import json
 import sys
 
-from moodcat_plugin.errors import UserError
 from moodcat_plugin.moodcat.weights import export_weights, find_cb_run
+from moodcat_plugin.utils import key_value_notes, run_guarded
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,19 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        notes = dict(note.split("=", 1) for note in args.note)
-    except ValueError:
-        print(f"error: --note takes KEY=VALUE, got {args.note}", file=sys.stderr)
-        return 2
-    try:
+
+    def export() -> str:
+        notes = key_value_notes(args.note)
         cb = find_cb_run(args.gan, args.checkpoints) if args.cb == "auto" else args.cb
-        entry = export_weights(args.gan, args.out, cb=cb, notes=notes)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({args.out: entry}, indent=2, default=str))
-    return 0
+        return json.dumps({args.out: export_weights(args.gan, args.out, cb=cb, notes=notes)}, indent=2, default=str)
+
+    return run_guarded(export)
 
 
 if __name__ == "__main__":

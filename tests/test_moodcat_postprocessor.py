@@ -130,8 +130,8 @@ def test_postprocess_contract_conditions_on_the_classifier_prediction(make_confi
     post.setup(net, id_loaders, ood_loaders)
 
     conditioned = []
-    original = post.gan.synthesize
-    post.gan.synthesize = lambda x, y, **kw: conditioned.append(y.clone()) or original(x, y, **kw)
+    original = post.gan.synthesize_from_masked
+    post.gan.synthesize_from_masked = lambda masked, y, **kw: conditioned.append(y.clone()) or original(masked, y, **kw)
     batch = next(iter(id_loaders["test"]))
     assert len(set(batch["label"].tolist())) > 1
     pred, conf = post.postprocess(net, batch["data"])

@@ -2,6 +2,7 @@
 'not run' paths, resuming, and the wall-time estimate. Runs share one output folder, so models
 and scoring runs shared by tables are trained once (as in real use)."""
 import copy
+import json
 import csv
 import io
 from dataclasses import replace
@@ -293,3 +294,30 @@ def test_pending_cells_name_the_command_that_resumes_the_same_runs():
         "--set num_threads=1 --set postprocessors.moodcat.gan.cutmix=false")
     plain = paper_cli.parse_args(["--table", "1"])
     assert paper_cli.command_line(plain, 1, part="x") == "python scripts/reproduce_paper.py --table 1 --part x"
+
+
+def test_table1_with_imported_authors_weights_under_the_authors_protocol(paper_out, fake_data_pack, tmp_path, capsys):
+    """reproduce_paper --pretrained (the authors' weights, imported) --protocol authors: the MOODCAT rows
+    score the file under true (ID) / random (OOD) labels, in their own table file whose header says so."""
+    from moodcat_plugin.moodcat.authors_weights import import_authors_weights
+    from test_authors_pretrained_scoring import authors_files_for
+
+    files = authors_files_for(tmp_path / "ckpt", 10)
+    weights = tmp_path / "weights" / "moodcat_cifar10_authors.pt"
+    weights.parent.mkdir()
+    entry = import_authors_weights("cifar10", 10, files["encoder"], files["decoder"], weights, cb=files["cb"])
+    args = ["--table", "1", "--pretrained", str(weights), "--protocol", "authors", *_args(paper_out, fake_data_pack)]
+    assert paper_cli.main(args) == 0
+    markdown = (paper_out / "paper" / "table1-protocol-authors.md").read_text()
+    assert markdown == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert "**Protocol:** authors (--protocol authors)" in markdown and "never written to a leaderboard" in markdown
+    assert f"**Pretrained MOODCAT:** cifar10: `{weights}`" in markdown
+    ctx = paper_cli.context(paper_cli.parse_args(args))
+    runs = [run for run in load_tables(default_config_root())[1].runs() if run.method == "moodcat"]
+    assert runs and all(run_config(run, ctx).output_dir.endswith("-protocol-authors") for run in runs)
+    meta = json.loads((Path(run_config(runs[0], ctx).output_dir) / "cifar10" / "scores" / "moodcat" / "meta.json").read_text())
+    assert meta["protocol"] == "authors" and meta["training"]["moodcat_gan"]["sha256"] == entry["sha256"]
+    assert meta["training"]["moodcat_cb"]["pretrained"] == str(weights)
+    rows = _csv_rows(paper_out / "paper" / "table1-protocol-authors.csv")
+    ours = [row for row in rows if row["Method"] == "Ours" and row["OOD"] == "CIFAR-100"]
+    assert ours and ours[0]["ours_status"] == "ok"

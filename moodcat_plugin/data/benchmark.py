@@ -13,7 +13,8 @@ from in each supported source::
 
 where ``SPEC`` maps a source to a location: ``npz: cifar100_test`` (a file of the npz pack in
 the data root), ``imglist: benchmark_imglist/cifar10/test_cifar100.txt`` (OpenOOD layout under
-the data root, images under ``images_classic/``), ``demo: digits_6to9`` (embedded demo) or
+the data root, images under ``images_classic/``, decoded once into ``.moodcat_cache/`` there:
+:mod:`moodcat_plugin.data.cache`), ``demo: digits_6to9`` (embedded demo) or
 ``builtin: digits_and_photos`` (built from scikit-learn's data whatever the data root:
 :data:`moodcat_plugin.data.demo.BUILTIN_SETS`; the CIFAR benchmarks' far-OOD validation set).
 
@@ -35,7 +36,8 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 
 from moodcat_plugin.config import require_keys
-from moodcat_plugin.data.arrays import ImageArray, read_imglist, read_npz
+from moodcat_plugin.data.arrays import ImageArray, read_npz
+from moodcat_plugin.data.cache import read_imglist_cached
 from moodcat_plugin.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ SOURCES = ("npz", "imglist", "demo", "builtin")
 SPEC_KEYS = SOURCES + ("classes",)
 GET_DATA_HINT = (
     "Pass --data-root with the npz data pack (files like cifar10_test.npz) or OpenOOD's layout "
-    "(benchmark_imglist/ and images_classic/, see OpenOOD's scripts/download), "
+    "(benchmark_imglist/ and images_classic/: python scripts/get_data.py --benchmark NAME --root DIR fetches it), "
     "or try the embedded demo: python scripts/run_benchmark.py --benchmark demo."
 )
 
@@ -125,8 +127,8 @@ class _Reader:
                 self.missing.append(name)
                 return None
             where = path
-            array = read_npz(path, name) if self.source == "npz" else read_imglist(
-                path, self.data_root / "images_classic", name, self.image_size, self.progress)
+            array = read_npz(path, name) if self.source == "npz" else read_imglist_cached(
+                path, self.data_root, name, self.image_size, self.progress)
         if classes is not None:
             array = select_classes(array, classes, f"{role} set '{name}' ({where})")
         return self._checked(role, array, where)

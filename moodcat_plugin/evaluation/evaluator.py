@@ -82,9 +82,14 @@ class Evaluator:
             pred, conf = postprocessor.postprocess_logits(logits)
             return ScoreSet(pred.numpy(), conf.numpy(), labels.numpy())
         preds, confs, labels, components = [], [], [], {}
+        if hasattr(postprocessor, "start_set"):  # draws (masks) per set, independent of the sets before it
+            postprocessor.start_set(loader.name, is_id=any(loader is id_loader for id_loader in self.id_loader_dict.values()))
+        labelled = getattr(postprocessor, "needs_test_labels", False)  # a test-label protocol: never a leaderboard
         for batch in tqdm(loader, desc=f"scoring {loader.name}", disable=not self.progress, leave=False):
             postprocessor.last_components = {}
-            pred, conf = postprocessor.postprocess(net, batch["data"].to(self.device))
+            data = batch["data"].to(self.device)
+            pred, conf = (postprocessor.postprocess_labelled(net, data, batch["label"]) if labelled else
+                          postprocessor.postprocess(net, data))
             preds.append(pred.detach().cpu())
             confs.append(conf.detach().cpu())
             labels.append(batch["label"])

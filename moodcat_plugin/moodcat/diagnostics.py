@@ -154,9 +154,9 @@ def shuffle_drop(score: Callable, id_items, ood_items: Mapping[str, object],
 
 @torch.no_grad()
 def _read_pairs(post, net, loader) -> Dict[str, torch.Tensor]:
-    """x ``[N,3,H,W]``, its K syntheses ``[N,K,3,H,W]`` (the method's test masks, seeded), the
-    predicted labels and the logits, for every image of ``loader``. The method's own mask
-    generator is left as it was."""
+    """x ``[N,3,H,W]``, its K syntheses ``[N,K,3,H,W]`` (the method's mask style and area, drawn
+    from ``DIAGNOSTIC_SEED``), the predicted labels and the logits, for every image of ``loader``.
+    The method's own generator state is left as it was."""
     state = post.generator.get_state()
     post.generator.manual_seed(DIAGNOSTIC_SEED)
     try:
@@ -199,7 +199,7 @@ def _fused_distance(post, items: Dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def method_shuffle_drop(post, net, id_loader, ood_loaders: Mapping[str, object]) -> Dict[str, float]:
-    """:func:`shuffle_drop` of a set-up MOODCAT postprocessor (its scorers, fusion and test masks,
+    """:func:`shuffle_drop` of a set-up MOODCAT postprocessor (its scorers, fusion and mask style,
     labels = the classifier's predictions) on ID val against the OOD-val loaders by name."""
     def shuffle(items, seed):
         return {**items, "synth": items["synth"][derangement(len(items["x"]), seed).to(items["synth"].device)]}

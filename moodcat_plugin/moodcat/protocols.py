@@ -20,14 +20,19 @@ import numpy as np
 import torch
 
 from moodcat_plugin.evaluation.metrics import ood_metrics
+from moodcat_plugin.moodcat.mask_stream import image_seed
 
 PROTOCOLS = {
     "deployable": "ID and OOD: label predicted by the classifier (no labels needed; the leaderboard's protocol)",
     "authors": "ID: TRUE test label; OOD: uniformly RANDOM label (the authors' public evaluation; needs test labels)",
     "true_id": "ID: TRUE test label; OOD: label predicted by the classifier (needs ID test labels)",
 }
-MASK_SEED = 2024
 RANDOM_LABEL_SEED = 7
+
+
+def label_generator(seed: int, set_name: str) -> torch.Generator:
+    """The generator of a set's random labels (authors' protocol): seeded from (seed, set name)."""
+    return torch.Generator().manual_seed(image_seed(seed + RANDOM_LABEL_SEED, set_name, 0))
 
 
 def condition_labels(protocol: str, predicted: torch.Tensor, true: torch.Tensor, is_id: bool, num_classes: int,
@@ -44,9 +49,10 @@ def condition_labels(protocol: str, predicted: torch.Tensor, true: torch.Tensor,
 
 @torch.no_grad()
 def cb_distances(postprocessor, net, loader, protocol: str, is_id: bool, num_classes: int) -> np.ndarray:
-    """Cb distances (N,) of every image of ``loader`` under ``protocol``; masks seeded per set."""
-    postprocessor.generator.manual_seed(MASK_SEED)
-    labels_generator = torch.Generator().manual_seed(RANDOM_LABEL_SEED)
+    """Cb distances (N,) of every image of ``loader`` under ``protocol``; masks and random labels
+    drawn per set (the same masks in every protocol)."""
+    postprocessor.start_set(loader.name, is_id)
+    labels_generator = postprocessor.random_labels
     out = []
     for batch in loader:
         data = batch["data"].to(postprocessor.device)

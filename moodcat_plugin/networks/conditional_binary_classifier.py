@@ -6,6 +6,10 @@ block 6->ch (32->16), self-attention at 16x16, pre-activation block ch->ch with 
 (16->8), two pre-activation blocks ch->ch at 8x8; ReLU, sum pooling over space, then
 ``SNLinear(ch->1)(h) + <SN-embed(y), h>``.
 
+``relu_shortcut=True`` reproduces the authors' Cb exactly (its pre-activation blocks' shortcuts
+read ``ReLU(x)``, see :class:`DownResBlock`); weights imported from the authors' files
+(:mod:`moodcat_plugin.moodcat.authors_weights`) set it. Cbs trained here use the default ``False``.
+
 Output convention (as in the public code): the logit is HIGH for a semantic MISMATCH between
 x and its class-conditional synthesis x' -- i.e. high = OOD. Trained by ``moodcat_cb`` with the
 hinge loss of paper Eq. 2 (``relu(1 + s)`` on matched in-distribution pairs, ``relu(1 - s)`` on
@@ -19,13 +23,14 @@ from torch import nn
 from moodcat_plugin.networks.moodcat_layers import (
     DownResBlock, SelfAttention2d, projection_logit, sn_embedding, sn_linear)
 from moodcat_plugin.registry import register_network
-from moodcat_plugin.schema import NetworkConfig, integer
+from moodcat_plugin.schema import FLAG, NetworkConfig, integer
 
 
 class CbNetworkConfig(NetworkConfig):
     """The ``cb_network:`` section of ``configs/postprocessors/moodcat.yml``."""
 
     ch: integer(ge=8) = 64  # the self-attention block needs ch // 8 >= 1 channels
+    relu_shortcut: FLAG = False  # True only for the authors' released Cb weights
 
 
 @register_network("moodcat_cb")
@@ -37,16 +42,17 @@ class ConditionalBinaryClassifier(nn.Module):
     """
 
     config_schema = CbNetworkConfig
+    neutral_settings = {"relu_shortcut": False}  # left out of cache keys: Cbs trained before the switch keep theirs
 
-    def __init__(self, num_classes: int, ch: int = 64):
+    def __init__(self, num_classes: int, ch: int = 64, relu_shortcut: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.blocks = nn.Sequential(
-            DownResBlock(6, ch, preactivation=False),          # 32 -> 16
-            SelfAttention2d(ch),                               # at 16x16
-            DownResBlock(ch, ch),                              # 16 -> 8
-            DownResBlock(ch, ch, downsample=False),            # 8x8
-            DownResBlock(ch, ch, downsample=False),            # 8x8
+            DownResBlock(6, ch, preactivation=False),                                   # 32 -> 16
+            SelfAttention2d(ch),                                                        # at 16x16
+            DownResBlock(ch, ch, shortcut_after_relu=relu_shortcut),                    # 16 -> 8
+            DownResBlock(ch, ch, downsample=False, shortcut_after_relu=relu_shortcut),  # 8x8
+            DownResBlock(ch, ch, downsample=False, shortcut_after_relu=relu_shortcut),  # 8x8
         )
         self.linear = sn_linear(ch, 1)
         self.embed = sn_embedding(num_classes, ch)

@@ -193,14 +193,20 @@ class DownResBlock(nn.Module):
     resolution changes, otherwise identity; with pre-activation the 1x1 conv runs before the
     pooling, without it (the first, "optimized" block, whose input is the image) after it.
 
+    ``shortcut_after_relu`` (pre-activation blocks only): the shortcut reads ``ReLU(x)`` instead of
+    ``x``. The authors' Cb (``Dis_ood.DiscBlock``) does this by accident -- its in-place ReLU
+    overwrites the tensor the shortcut aliases -- and their released Cb weights were trained so;
+    BigGAN's own block (and this project's Cb by default) reads ``x``. Changes logits by ~9.
+
     forward(x ``[B,in,H,W]``) -> ``[B,out,H/2,W/2]`` (or ``[B,out,H,W]`` without downsampling).
     """
 
     def __init__(self, in_channels: int, out_channels: int, preactivation: bool = True,
-                 downsample: bool = True):
+                 downsample: bool = True, shortcut_after_relu: bool = False):
         super().__init__()
         self.preactivation = preactivation
         self.downsample = downsample
+        self.shortcut_after_relu = shortcut_after_relu and preactivation
         self.conv1 = sn_conv2d(in_channels, out_channels, 3)
         self.conv2 = sn_conv2d(out_channels, out_channels, 3)
         learnable_shortcut = in_channels != out_channels or downsample
@@ -218,8 +224,8 @@ class DownResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(x) if self.preactivation else x
-        h = self.conv2(F.relu(self.conv1(h)))
-        return self._pool(h) + self._shortcut(x)
+        shortcut = self._shortcut(h if self.shortcut_after_relu else x)
+        return self._pool(self.conv2(F.relu(self.conv1(h)))) + shortcut
 
 
 def projection_logit(features: torch.Tensor, linear: nn.Module, embedding: nn.Module,

@@ -4,6 +4,7 @@
     python scripts/reproduce_paper.py --table 1 [--profile cpu] [--device cpu] [--output-dir results]
     python scripts/reproduce_paper.py --table 3 --part cifar-split0      # one sitting of a long table
     python scripts/reproduce_paper.py --table 4 --estimate               # the plan and time, nothing run
+    python scripts/reproduce_paper.py --table 1 --pretrained weights/authors/moodcat_cifar10_authors.pt --protocol authors
 
 Writes ``<output-dir>/paper/table<N>.{md,csv}`` (rewritten after every finished run, so an
 interrupted table keeps what finished) and reuses the checkpoint cache (default
@@ -28,7 +29,7 @@ PROFILES = ("tiny", "demo", "cpu", "gpu")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="reproduce_paper.py", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:6]))
+                                     epilog="\n".join(__doc__.split("\n")[2:7]))
     parser.add_argument("--table", type=int, help="paper table number (see --list)")
     parser.add_argument("--part", help="run only this part of the table (see --list), e.g. for one sitting")
     parser.add_argument("--list", action="store_true", help="list the tables, their parts and expected times")
@@ -42,6 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a key for every run, e.g. num_threads=1, or for the runs of one method, "
                              "e.g. postprocessors.moodcat.gan.cutmix=false (repeatable)")
+    parser.add_argument("--pretrained", action="append", default=[], metavar="FILE",
+                        help="MOODCAT weights file (ours, or the authors' imported by scripts/import_moodcat_weights.py) "
+                             "for the paper generator + Cb of the `moodcat` rows on its benchmark (repeatable: one per "
+                             "benchmark); rows that change the generator or Cb still train")
+    parser.add_argument("--protocol", choices=["deployable", "authors"], default="deployable",
+                        help="labels MOODCAT rows synthesise under: deployable (classifier's prediction, default) or "
+                             "authors (ID: true label, OOD: random label; needs test labels; never a leaderboard; "
+                             "tables go to table<N>-protocol-authors.{md,csv})")
     parser.add_argument("--rerun", action="store_true", help="score finished runs again (models stay cached)")
     parser.add_argument("--config-root", type=Path, help="folder holding base.yml and the config folders")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -55,7 +64,7 @@ def context(args):
     return Context(config_root=Path(args.config_root or default_config_root()), profile=args.profile,
                    output_dir=args.output_dir, checkpoint_dir=args.checkpoint_dir, data_root=args.data_root,
                    device=args.device, overrides=list(args.overrides), progress=not args.no_progress,
-                   rerun=args.rerun)
+                   rerun=args.rerun, pretrained=list(args.pretrained), protocol=args.protocol)
 
 
 def command_line(args, table: int, part: Optional[str] = None) -> str:
@@ -74,6 +83,10 @@ def command_line(args, table: int, part: Optional[str] = None) -> str:
             words += [option, shlex.quote(str(value))]
     for override in args.overrides:
         words += ["--set", shlex.quote(override)]
+    for path in args.pretrained:
+        words += ["--pretrained", shlex.quote(str(path))]
+    if args.protocol != "deployable":
+        words += ["--protocol", args.protocol]
     return " ".join(words)
 
 

@@ -27,7 +27,9 @@ from moodcat_plugin.config import Config, ConfigError, config_hash, load_yaml
 from moodcat_plugin.evaluation.leaderboard import read_method_folders
 from moodcat_plugin.moodcat.scorers import IQA_SCORERS, hub_checkpoint_dir, required_weight_files
 from moodcat_plugin.paper.spec import RunSpec
-from moodcat_plugin.pipeline import Runner, _named_file, available, build_config, method_config, validate
+from moodcat_plugin.moodcat.weights import load_weights, locate
+from moodcat_plugin.pipeline import (Runner, _named_file, available, build_config, load_method_file, method_config,
+                                     validate)
 from moodcat_plugin.utils import atomic_write_json, resolve_device
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ class Context:
     overrides: Sequence[str] = ()            # run-wide --set overrides (e.g. num_threads=1)
     progress: bool = True
     rerun: bool = False
+    pretrained: Sequence[str] = ()           # MOODCAT weights files (one per benchmark) for the paper generator + Cb
+    protocol: str = "deployable"             # 'authors': MOODCAT rows conditioned on true (ID) / random (OOD) labels
     _configs: Dict[RunSpec, Config] = field(default_factory=dict, repr=False)
 
     @property
@@ -110,13 +114,53 @@ def run_config(run: RunSpec, ctx: Context) -> Config:
     """The validated run config of ``run`` (cached per context); ``output_dir`` is the run's folder."""
     if run not in ctx._configs:
         overrides = overrides_for(run, ctx) + table_settings(run, ctx)
-        config = build_config(run.benchmark, [run.method], ctx.profile, overrides=overrides, flags=ctx.flags(),
+        flags = ctx.flags()
+        pretrained = pretrained_file_for(run, ctx)
+        if pretrained:
+            flags["postprocessors"] = {run.method: {"pretrained": {"file": pretrained}}}
+        config = build_config(run.benchmark, [run.method], ctx.profile, overrides=overrides, flags=flags,
                               config_root=ctx.config_root)
         _choose_ood_sets(config, run, ctx.config_root)
         validate(config)
-        config.output_dir = str(ctx.paper_dir / "runs" / f"{run.benchmark}-{run.method}-{run_hash(config, run.method)}")
+        protocol = f"-protocol-{ctx.protocol}" if uses_protocol(run, ctx) else ""
+        config.output_dir = str(ctx.paper_dir / "runs" /
+                                f"{run.benchmark}-{run.method}-{run_hash(config, run.method)}{protocol}")
         ctx._configs[run] = config
     return ctx._configs[run]
+
+
+def is_moodcat(method: str, ctx: Context) -> bool:
+    """A MOODCAT method (its config has a ``pretrained`` section): the protocol applies to it."""
+    return "pretrained" in load_method_file(Path(ctx.config_root), method)
+
+
+def uses_protocol(run: RunSpec, ctx: Context) -> bool:
+    """``run`` is scored under a test-label protocol (its folder and table say so)."""
+    return ctx.protocol != "deployable" and is_moodcat(run.method, ctx)
+
+
+def pretrained_by_benchmark(ctx: Context) -> Dict[str, str]:
+    """{benchmark: weights file} of ``ctx.pretrained`` (each file verified by its sha256); one
+    line for two files of one benchmark."""
+    found: Dict[str, str] = {}
+    for path in ctx.pretrained:
+        benchmark = load_weights(locate(path))["benchmark"]
+        if benchmark in found:
+            raise ConfigError(f"--pretrained {path} and {found[benchmark]} are both for {benchmark}; give one file "
+                              "per benchmark")
+        found[benchmark] = str(path)
+    return found
+
+
+def pretrained_file_for(run: RunSpec, ctx: Context) -> Optional[str]:
+    """The ``--pretrained`` file a run scores with: the paper method ``moodcat`` on a benchmark with a
+    file, in rows whose own settings only change scoring (``postprocessor.*``); rows that change the
+    generator or Cb (ablations) train as without the option."""
+    if not ctx.pretrained or run.method != "moodcat":
+        return None
+    if any(not override.startswith("postprocessor.") for override in run.overrides):
+        return None
+    return pretrained_by_benchmark(ctx).get(run.benchmark)
 
 
 def _choose_ood_sets(config: Config, run: RunSpec, config_root: Path) -> None:
@@ -199,6 +243,9 @@ def execute(run: RunSpec, ctx: Context) -> str:
     started = time.time()
     runner = Runner(config)
     postprocessor, net, meta = runner.prepare_method(run.method)
+    if uses_protocol(run, ctx):
+        postprocessor.protocol = ctx.protocol  # conditions on test labels: scores for this table only
+        meta = {**meta, "protocol": ctx.protocol}
     runner.evaluator.evaluate(run.method, postprocessor, net, {**meta, "paper_run": run.describe()})
     seconds = round(time.time() - started, 1)
     atomic_write_json({"run": run.describe(), "profile": config.profile, "device": config.device,

@@ -18,11 +18,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from moodcat_plugin.paper.estimate import duration
-from moodcat_plugin.paper.runs import Context, RunResult, blocked_reason, read_result, run_config
+from moodcat_plugin.paper.runs import Context, RunResult, blocked_reason, pretrained_file_for, read_result, run_config
 from moodcat_plugin.paper.spec import METRIC_HEADERS, RowSpec, RunSpec, TableSpec
 from moodcat_plugin.utils import atomic_write_text, resolve_device
 
 METRIC_KEYS = {"FPR@95": "FPR@95_id_positive", "AUROC": "AUROC", "AUPR_IN": "AUPR_IN", "AUPR_OUT": "AUPR_OUT"}
+AUTHORS_PROTOCOL = ("authors (--protocol authors): MOODCAT rows condition every ID test image on its TRUE label and "
+                    "every OOD image on a uniformly RANDOM label, as the authors' public evaluation does; this needs "
+                    "test labels, so these rows are NOT a deployable detector and are never written to a leaderboard; "
+                    "fused scores are still fixed on ID validation data, and baseline rows are unchanged")
 PROTOCOL = ("deployable: every test image, ID or OOD, is synthesised and scored under the label the classifier "
             "predicts (y = C(x)), and fused scores are fixed on ID validation data only. The paper's numbers come "
             "from the authors' public evaluation, which conditions ID images on their TRUE label and OOD images on "
@@ -214,7 +218,7 @@ def header(table: TableSpec, ctx: Context, results: Results, runs: Sequence[RunS
     measured = [r.seconds for r in (results.get(run)[0] for run in runs) if r is not None and r.seconds is not None]
     lines = [f"# Table {table.number} of the MOODCAT paper, reproduced", "",
              f"Paper caption: *{table.caption}*", "",
-             f"- **Protocol:** {PROTOCOL}.",
+             f"- **Protocol:** {PROTOCOL if ctx.protocol == 'deployable' else AUTHORS_PROTOCOL}.",
              f"- **Profile:** `{ctx.profile}` (training budgets of configs/*: profiles.{ctx.profile}); device "
              f"{resolve_device(configs[0].device).type}; CPU threads {configs[0].num_threads}; seed {configs[0].seed}. "
              "Paper: full-scale training (about 520k generator steps at batch 384, 100-epoch ResNet-18 classifiers).",
@@ -226,6 +230,11 @@ def header(table: TableSpec, ctx: Context, results: Results, runs: Sequence[RunS
     if table.summaries:
         lines.append(f"- **{'/'.join(table.summaries)} rows:** ours over the OOD sets that ran here "
                      f"({len(table.sets) - len(missing)} of {len(table.sets)}), the paper's over all {len(table.sets)}.")
+    pretrained = sorted({(run.benchmark, file) for run in runs if (file := pretrained_file_for(run, ctx))})
+    if pretrained:
+        lines.append("- **Pretrained MOODCAT:** " + "; ".join(f"{b}: `{path}`" for b, path in pretrained)
+                     + " (generator + Cb, e.g. the authors' weights imported by scripts/import_moodcat_weights.py) for "
+                     "the `moodcat` rows whose settings only change scoring; other MOODCAT rows train as usual.")
     lines += [f"- **Note:** {note}" for note in table.notes]
     lines.append(f"- **Wall time:** expected before this command started: {estimate}; measured: "
                  + (f"{duration(sum(measured))} (sum over the {len(measured)} finished run(s), each including the "
@@ -280,13 +289,18 @@ def render_csv(table: TableSpec, lines: List[Line]) -> str:
     return buffer.getvalue()
 
 
+def table_stem(table: TableSpec, ctx: Context) -> str:
+    """``table<N>``, or ``table<N>-protocol-<name>`` under a test-label protocol (a separate file)."""
+    return f"table{table.number}" + (f"-protocol-{ctx.protocol}" if ctx.protocol != "deployable" else "")
+
+
 def write_table(table: TableSpec, ctx: Context, command: str, commit: str, estimate: str,
                 runs: Sequence[RunSpec]) -> str:
-    """Rebuild ``table<N>.md`` and ``.csv`` under ``<output_dir>/paper`` from the finished runs;
-    returns the Markdown."""
+    """Rebuild ``table<N>.md`` and ``.csv`` (``table<N>-protocol-authors.*`` under ``--protocol
+    authors``) under ``<output_dir>/paper`` from the finished runs; returns the Markdown."""
     results = Results(ctx, command)
     lines = table_lines(table, results)
     markdown = render_markdown(table, lines, header(table, ctx, results, runs, commit, estimate))
-    atomic_write_text(markdown, ctx.paper_dir / f"table{table.number}.md")
-    atomic_write_text(render_csv(table, lines), ctx.paper_dir / f"table{table.number}.csv")
+    atomic_write_text(markdown, ctx.paper_dir / f"{table_stem(table, ctx)}.md")
+    atomic_write_text(render_csv(table, lines), ctx.paper_dir / f"{table_stem(table, ctx)}.csv")
     return markdown

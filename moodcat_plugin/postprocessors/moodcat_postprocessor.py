@@ -24,7 +24,8 @@ Arguments (``postprocessor_args``, schema :class:`MoodcatArgs`): ``scorers`` (su
 lpips, dists; ``cb`` stands for every entry of ``cb_variants``), ``cb_variants`` ([cb] or [cb,
 cb_ext]), ``mask_style``, ``test_area`` ([lo, hi] area fraction), ``num_masks`` (K > 1 averages
 each distance over K masks), ``mask_seed`` (draws another set of test masks: the paper's
-Table 5 repeats its random-mask rows; 0 = the default draw), ``label_source`` (only
+Table 5 repeats its random-mask rows; 0 = the default draw; each image's mask comes from (seed,
+set name, index), :mod:`moodcat_plugin.moodcat.mask_stream`), ``label_source`` (only
 ``predicted``; see below), ``use_ema`` (decoder EMA weights). The method file's other sections
 (``MoodcatPostprocessor.config_sections``) are checked by the schemas of the MoodcatGAN network
 (``gan_network``), the trainers ``moodcat_gan`` (``gan``) and ``moodcat_cb`` (``cb``), the Cb
@@ -68,7 +69,9 @@ from moodcat_plugin.data.arrays import stratified_holdout
 from moodcat_plugin.errors import ConfigError, DataError
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.images import class_name, save_labelled_grid, to_signed_unit
+from moodcat_plugin.moodcat.mask_stream import UNNAMED_SET, MaskStream
 from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES
+from moodcat_plugin.moodcat.protocols import condition_labels, label_generator
 from moodcat_plugin.moodcat import weights as shipped_weights
 from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, FEATURE_SCORERS, IQA_SCORERS, LOGIT_SCORERS,
                                             LPIPS_TRUNKS, CbScorer, ClassifierLPIPS, ClassifierOutputDistance,
@@ -187,7 +190,10 @@ class MoodcatPostprocessor(BasePostprocessor):
         self.fusion = CascadeFusion()
         self.training_info: Dict[str, dict] = {}
         self.run_meta: dict = {}
-        self.generator = torch.Generator().manual_seed(self._scoring_seed())
+        self.generator = torch.Generator().manual_seed(self._scoring_seed())  # sample grids only
+        self.masks = MaskStream(self._scoring_seed(), self.mask_style, self.test_area)  # per (seed, set, image)
+        self.protocol = "deployable"  # reproduce_paper --protocol authors sets 'authors' (never a leaderboard)
+        self._set_is_id, self.random_labels = True, None  # authors protocol: OOD labels, drawn per set
         self.pretrained = self._checked_pretrained()  # a bad file fails here, before any training
 
     def _scoring_seed(self) -> int:
@@ -221,13 +227,14 @@ class MoodcatPostprocessor(BasePostprocessor):
         self._calibrate(net, id_loader_dict["val"])
         self._save_grids(net, id_loader_dict, ood_loader_dict)
         self.generator.manual_seed(self._scoring_seed())
+        self.masks.start(UNNAMED_SET, self._scoring_seed())
         self.run_meta = {
             "scorers": self.scorer_names,
             "iqa_trunks": ("none" if not self.iqa_scorers else
                            "pretrained (ImageNet, from the torch hub cache)" if self.iqa_pretrained else
                            "RANDOM (tests only: IQA scores meaningless)"),
             "label_source": self.label_source, "num_masks": self.num_masks, "mask_style": self.mask_style,
-            "mask_seed": self.mask_seed,
+            "mask_seed": self.mask_seed, "mask_draws": "per image from (seed, set name, index)",
             "calibration": f"ID val, {len(next(iter(self.fusion.reference.values())))} images",
             "training": self.training_info,
         }
@@ -477,7 +484,7 @@ class MoodcatPostprocessor(BasePostprocessor):
     @torch.no_grad()
     def _calibrate(self, net, val_loader) -> None:
         """Fit the fusion on ID-val distances (labels predicted by the classifier, as at test time)."""
-        self.generator.manual_seed(int(self.config.get("seed", 0)))
+        self.masks.start(f"calibration:{getattr(val_loader, 'name', 'val')}", int(self.config.get("seed", 0)))
         parts: Dict[str, list] = {name: [] for name in self.scorer_names}
         for batch in tqdm(val_loader, desc="MOODCAT calibration (ID val)", leave=False,
                           disable=not self.config.get("progress", True)):
@@ -512,15 +519,40 @@ class MoodcatPostprocessor(BasePostprocessor):
         passes true or random labels). Logit scorers (``ebo``) read ``logits`` (B, C)."""
         x = to_signed_unit(data, self.mean, self.std)
         totals = {name: torch.zeros(len(x), device=x.device) for name in self.scorer_modules}
-        for _ in range(self.num_masks):
-            _, synthesis = self.synthesize(x, labels)
+        for draw in range(self.num_masks):
+            synthesis = self.gan.synthesize_from_masked(self.masks.masks(x, draw), labels, use_ema=self.use_ema)
             for name, scorer in self.scorer_modules.items():
                 totals[name] += scorer(x, synthesis, labels).float()
+        self.masks.advance(len(x))
         distances = {name: total / self.num_masks for name, total in totals.items()}
         for name in self.scorer_names:
             if name in LOGIT_SCORERS:
                 distances[name] = logit_distance(name, logits)
         return distances
+
+    def start_set(self, name: str, is_id: bool) -> None:
+        """Called by the evaluator before scoring the set ``name``: its masks (and, under the authors'
+        protocol, its random labels) are drawn from (seed, name, index), whatever was scored before."""
+        self.masks.start(name, self._scoring_seed())
+        self._set_is_id, self.random_labels = is_id, label_generator(self._scoring_seed(), name)
+
+    @property
+    def needs_test_labels(self) -> bool:
+        """True under a protocol that conditions on test labels (the evaluator then calls
+        :meth:`postprocess_labelled`); such scores never go to a leaderboard."""
+        return self.protocol != "deployable"
+
+    @torch.no_grad()
+    def postprocess_labelled(self, net, data: torch.Tensor, labels: torch.Tensor):
+        """:meth:`postprocess` under ``self.protocol`` (:data:`moodcat_plugin.moodcat.protocols.PROTOCOLS`), which reads the test
+        ``labels`` (B,) of the set begun by :meth:`start_set`; pred stays the classifier's argmax."""
+        logits = net(data)
+        pred = logits.argmax(dim=1)
+        condition = condition_labels(self.protocol, pred, labels.to(pred.device), self._set_is_id,
+                                     self._num_classes(), self.random_labels)
+        distances = self.distances_given(data, condition, logits)
+        self.last_components = {name: -value for name, value in distances.items()}
+        return pred, self.fusion.transform({name: value.cpu() for name, value in distances.items()}).to(data.device)
 
     @torch.no_grad()
     def postprocess(self, net, data: torch.Tensor):
