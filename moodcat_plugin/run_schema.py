@@ -38,12 +38,13 @@ class SetSpec(Schema):
     npz: optional(TEXT) = None        # file stem in the npz data pack
     imglist: optional(TEXT) = None    # OpenOOD image list under the data root
     demo: optional(TEXT) = None       # embedded demo set
+    builtin: optional(TEXT) = None    # built from data inside scikit-learn, any data root (data/demo.py BUILTIN_SETS)
     classes: optional(CLASS_IDS) = None  # OOD/outlier sets: keep only these class ids of the file
 
     @model_validator(mode="after")
     def _names_a_source(self):
-        if self.npz is None and self.imglist is None and self.demo is None:
-            raise ValueError("must name where the set comes from (npz, imglist or demo)")
+        if self.npz is None and self.imglist is None and self.demo is None and self.builtin is None:
+            raise ValueError("must name where the set comes from (npz, imglist, demo or builtin)")
         return self
 
 
@@ -59,6 +60,7 @@ NAMED_SETS = optional(Annotated[Dict[str, SetSpec], Expect("a mapping of set nam
 class Splits(Schema):
     id: IdSplits
     ood_val: SetSpec
+    ood_val_far: optional(SetSpec) = None   # far-OOD validation (issue 27): selection data, never a test set
     outlier: optional(SetSpec) = None
     near: NAMED_SETS = None
     far: NAMED_SETS = None

@@ -201,9 +201,9 @@ def test_moodcat_checks_its_args_without_the_pipeline_too(make_config):
      "config key 'postprocessors.msp.postprocessor.APS_mode' must be true or false, got 1"),
     ("network.name=resnet", "config key 'network.name': unknown network 'resnet'. Did you mean: resnet18_32x32"),
     ("dataset.splits.near.extra={npzz: x}",
-     "unknown config key 'npzz' in 'dataset.splits.near.extra'. Did you mean 'npz'? Valid keys: classes, demo, imglist, npz."),
+     "unknown config key 'npzz' in 'dataset.splits.near.extra'. Did you mean 'npz'? Valid keys: builtin, classes, demo, imglist, npz."),
     ("dataset.splits.near.extra={}",
-     "config key 'dataset.splits.near.extra' must name where the set comes from (npz, imglist or demo), got {}"),
+     "config key 'dataset.splits.near.extra' must name where the set comes from (npz, imglist, demo or builtin), got {}"),
     ("dataset.splits.ood_val=null", "config key 'dataset.splits.ood_val' must be a section (a mapping of keys), got null"),
     ("device=gpu", "config key 'device' must be auto, cpu, cuda or cuda:N, got 'gpu'"),
 ])
