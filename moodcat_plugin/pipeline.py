@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from moodcat_plugin import distributed
-from moodcat_plugin.config import Config, ConfigError, load_yaml, merge, parse_override, select_profile
+from moodcat_plugin.config import (Config, ConfigError, check_plain_name, load_yaml, merge, parse_override,
+                                   select_profile)
 from moodcat_plugin.data import Benchmark, load_benchmark, make_loader
 from moodcat_plugin.evaluation import Evaluator, write_leaderboard
 from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, closest_names
@@ -52,6 +53,7 @@ def available(config_root: Path, kind: str) -> List[str]:
 
 
 def _named_file(config_root: Path, kind: str, name: str) -> Path:
+    check_plain_name(name, f"{kind[:-1]} name")  # before the name reaches any path
     path = config_root / kind / f"{name}.yml"
     if not path.is_file():
         names = available(config_root, kind)
@@ -246,6 +248,7 @@ class Runner:
     def run_method(self, method: str, row: Optional[str] = None) -> Path:
         """Train what ``method`` needs, score every set and save the scores under ``row``
         (default: the method's name; the ablation script runs variants of one method as rows)."""
+        check_plain_name(row or method, "row name")  # before anything is trained or written
         postprocessor, net, meta = self.prepare_method(method)
         return self.evaluator.evaluate(row or method, postprocessor, net, meta)
 

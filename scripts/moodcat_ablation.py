@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from moodcat_plugin.config import load_yaml
+from moodcat_plugin.config import check_plain_name, load_yaml
 from moodcat_plugin.errors import UserError
 from moodcat_plugin.evaluation.leaderboard import collect_rows, table_values, _columns
 from moodcat_plugin.evaluation.metrics import ood_metrics
@@ -160,6 +160,8 @@ def render(results: list, rows: list, benchmark: str) -> str:
 
 def ablation(args) -> str:
     spec = load_yaml(args.ablation)
+    for variant in spec["variants"]:  # row names become folder and file names
+        check_plain_name(variant["name"], f"variant name in {args.ablation}")
     variants = [v for v in spec["variants"] if not args.variants or v["name"] in args.variants]
     unknown = set(args.variants or []) - {v["name"] for v in spec["variants"]}
     if unknown:

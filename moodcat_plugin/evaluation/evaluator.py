@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from moodcat_plugin.config import check_plain_name
 from moodcat_plugin.data import Benchmark, make_loader
 from moodcat_plugin.evaluation.metrics import ood_metrics
 from moodcat_plugin.utils import atomic_savez, atomic_write_json, replace_folder
@@ -114,7 +115,9 @@ class Evaluator:
 
     # -- one method --------------------------------------------------------------------------
     def evaluate(self, method: str, postprocessor, net, meta: dict) -> Path:
-        """Fit, (APS), score every set, save scores and ``meta.json``; returns the method folder."""
+        """Fit, (APS), score every set, save scores and ``meta.json``; returns the method folder
+        ``scores/<method>`` (``method`` must be a plain name: ConfigError before anything is written)."""
+        check_plain_name(method, "row name")
         started = time.time()
         net.eval()
         trials = []
