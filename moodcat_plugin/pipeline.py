@@ -210,7 +210,9 @@ class Runner:
                 loaders.append(self.outlier_loader(cfg, method))
             trainer = trainer_cls(net, *loaders, cfg)
             shared = "" if trainer_cls.uses_outlier_data or cfg.trainer.name != "base" else ", shared by the methods"
+            own = "trainer" in self.config.postprocessors[method]  # the method's own trainer section
             result = fit(trainer, folder, progress=cfg.progress, key=key,
+                         settings=f"postprocessors.{method}.trainer" if own else "trainer",
                          description=f"classifier {cfg.network.name} ({cfg.trainer.name} trainer{shared})")
             info = {"network": f"{cfg.network.name} (width {cfg.network.get('width', 1)}) trained by "
                                f"'{cfg.trainer.name}' for {cfg.trainer.num_epochs} epochs", "trainer": cfg.trainer.name,

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import torch
 from tqdm import tqdm
@@ -47,6 +47,19 @@ LAST = "last.ckpt"
 
 class TrainingDivergedError(UserError):
     """A loss became NaN or infinite; nothing of the run is cached."""
+
+
+class NonFiniteError(ArithmeticError):
+    """Raised inside a training step that met NaN/inf (e.g. a generator output, before a library
+    asserts on it); :func:`fit` turns it into a one-line :class:`TrainingDivergedError`."""
+
+
+def divergence_hint(trainer, settings: str) -> str:
+    """'lower the learning rate (<settings>.lr_g or ...)': the keys the trainer declares in
+    ``learning_rate_keys`` (a trainer from outside, e.g. OpenOOD's, has ``lr``) under the dotted
+    path ``settings`` of its config section."""
+    keys = " or ".join(f"{settings}.{key}" for key in getattr(trainer, "learning_rate_keys", ("lr",)))
+    return f"nothing was cached: lower the learning rate ({keys}, --set KEY=VALUE) and run again"
 
 
 def compute_fingerprint(device: str | torch.device) -> Dict[str, Any]:
@@ -121,16 +134,17 @@ def set_rng_state(state: Dict[str, Any], device: str | torch.device = "cpu") -> 
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _check_finite(metrics: Dict[str, Any], run_dir: Path, epoch: int) -> None:
+def _check_finite(metrics: Dict[str, Any], run_dir: Path, epoch: int, hint: Callable[[], str]) -> None:
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         raise TrainingDivergedError(
             f"training in {run_dir} diverged in epoch {epoch} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
-            "nothing was cached: lower the learning rate (e.g. --set trainer.lr=...) and run again")
+            + hint())
 
 
 def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None,
-        description: str | None = None, stop_after_seconds: float | None = None) -> Dict:
+        description: str | None = None, stop_after_seconds: float | None = None,
+        settings: str = "trainer") -> Dict:
     """Train ``trainer`` for ``trainer.num_epochs`` epochs in ``run_dir``, resuming if possible.
 
     Returns ``{'history': [...], 'resumed_from': epoch or 0, 'cached': bool}``. When
@@ -139,7 +153,8 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     ``stop_after_epochs`` ends the call early (as an interruption would), for tests;
     ``stop_after_seconds`` at the first epoch end past that many seconds (time-boxed runs, which
     resume with the next call). An early end returns ``'interrupted': True``.
-    ``description`` names the run on the progress bar (default: the folder name).
+    ``description`` names the run on the progress bar (default: the folder name); ``settings`` is
+    the dotted config path of the trainer's section, named by the divergence error's hint.
     """
     run_dir = Path(run_dir)
     modules = trainer.modules_to_save()
@@ -169,11 +184,16 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     call_started = time.perf_counter()
     for epoch in epochs:
         started = time.perf_counter()
-        _, metrics = trainer.train_epoch(epoch + 1)
+        hint = lambda: divergence_hint(trainer, settings)  # noqa: E731
+        try:
+            _, metrics = trainer.train_epoch(epoch + 1)
+        except NonFiniteError as exc:
+            raise TrainingDivergedError(f"training in {run_dir} diverged in epoch {epoch + 1} ({exc}); "
+                                        + hint()) from None
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
         metrics = distributed.average(metrics)
         metrics["seconds"] = round(time.perf_counter() - started, 2)
-        _check_finite(metrics, run_dir, epoch + 1)
+        _check_finite(metrics, run_dir, epoch + 1, hint)
         history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['loss']:.4f}")
         if main:

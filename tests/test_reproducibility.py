@@ -241,6 +241,42 @@ def test_gan_with_exploding_discriminator_stops_and_saves_nothing(demo_sets, tmp
     assert not (tmp_path / "gan" / "last.ckpt").exists() and not (tmp_path / "gan" / "final.ckpt").exists()
 
 
+def test_diverging_generator_is_the_one_line_divergence_error(demo_sets, tmp_path):
+    """A generator whose output turns NaN (seen with gan.lr_g=1.0) stops with the README's one-line
+    divergence error naming the generator's own learning rates, not piq's SSIM AssertionError."""
+    trainer = _gan_trainer(demo_sets["digits_train"])
+    with torch.no_grad():
+        for param in trainer.net.decoder.parameters():
+            param.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError) as caught:
+        fit(trainer, tmp_path / "gan", progress=False, settings="postprocessors.<method>.gan")
+    message = str(caught.value)
+    assert "\n" not in message and "diverged in epoch 1" in message and "generator's output" in message
+    assert "postprocessors.<method>.gan.lr_g or postprocessors.<method>.gan.lr_d" in message
+    assert not (tmp_path / "gan" / "last.ckpt").exists() and not (tmp_path / "gan" / "final.ckpt").exists()
+
+
+def test_diverging_cb_hint_names_the_cb_learning_rate(make_config, monkeypatch):
+    """Through the postprocessor: the hint names ``cb.lr`` of the method, not ``trainer.lr``."""
+    runner = Runner(make_config(["moodcat"]))
+
+    def diverged(self, epoch_idx):
+        return self.net, {"epoch_idx": epoch_idx, "loss": float("nan")}
+
+    monkeypatch.setattr(MoodcatCbTrainer, "train_epoch", diverged)
+    with pytest.raises(TrainingDivergedError, match=r"lower the learning rate \(postprocessors\.<method>\.cb\.lr,"):
+        runner.train_method("moodcat")
+
+
+def test_diverging_method_trainer_hint_names_the_method_section(make_config, monkeypatch):
+    """A method training its own classifier (OE) names its own section's lr."""
+    runner = Runner(make_config(["oe"]))
+    monkeypatch.setattr(TRAINERS.get("oe"), "train_epoch",
+                        lambda self, epoch_idx: (self.net, {"epoch_idx": epoch_idx, "loss": float("inf")}))
+    with pytest.raises(TrainingDivergedError, match=r"\(postprocessors\.oe\.trainer\.lr,"):
+        runner.train_method("oe")
+
+
 def test_cache_key_includes_cpu_threads(make_config):
     cfg = make_config(["msp"])
     previous = torch.get_num_threads()

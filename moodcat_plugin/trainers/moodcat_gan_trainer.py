@@ -67,7 +67,7 @@ from moodcat_plugin.schema import FLAG, choice, integer, number, optional
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
 from moodcat_plugin.trainers.speed import (AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, GradScalerCheckpoint,
                                            MixedPrecision, adam)
-from moodcat_plugin.training import TrainingDivergedError
+from moodcat_plugin.training import NonFiniteError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
     """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
 
     config_schema = MoodcatGANConfig
+    learning_rate_keys = ("lr_g", "lr_d")
     #: settings left out of the cache key at these values (see training.run_identity)
     neutral_settings = {"class_consistency_weight": 0.0, "holdout_for_cb": 0.0, "mask_style": "random_rectangle",
                         "cutmix_consistency": "detached",
@@ -335,6 +336,8 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
         with self.precision.autocast():
             fake, mu, logvar = self.generator(masked, y, self.latent_noise(len(x)))
         fake, mu, logvar = (self.precision.full(t) for t in (fake, mu, logvar))
+        if not torch.isfinite(fake).all():  # piq's SSIM would assert on it
+            raise NonFiniteError(f"the generator's output holds NaN or inf at step {self.step + 1}")
 
         use_cutmix = bool(torch.rand(()) < self.cutmix_probability(epoch_idx))
         d_losses = self.discriminator_loss(x, fake.detach(), y, use_cutmix)
