@@ -142,10 +142,29 @@ def replace_folder(finished: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _os_error_behind(exc: BaseException) -> Optional[OSError]:
+    """The OSError an exception was raised from or while handling (torch's zip writer wraps the
+    handle's ``OSError(ENOSPC)`` of a full disk in a ``RuntimeError``), None if there is none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    """``torch.save`` through :func:`atomic_write_with`: a write failure (disk full, ...) is one line."""
     def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:  # a Python handle: a full disk raises OSError(ENOSPC), not RuntimeError
-            torch.save(obj, handle)
+        with open(tmp, "wb") as handle:
+            try:
+                torch.save(obj, handle)
+            except RuntimeError as exc:  # "PytorchStreamWriter failed writing file ..." around the OSError
+                cause = _os_error_behind(exc)
+                if cause is None and "writ" not in str(exc):
+                    raise  # not a write failure: a bug to see in full
+                raise cause or OSError(errno.EIO, " ".join(str(exc).split())[:200]) from exc
 
     atomic_write_with(Path(path), write)
 
