@@ -96,7 +96,7 @@ class BenchmarkConfig(Schema):
 class RunConfig(Schema):
     """The run-wide keys of ``configs/base.yml``; the sections are checked on their own."""
 
-    seed: integer(ge=0)
+    seed: integer(ge=0, le=2**32 - 1)  # numpy seeds are 32-bit
     device: DEVICE
     profile: TEXT
     output_dir: TEXT

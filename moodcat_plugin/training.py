@@ -29,15 +29,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator
 
 import torch
 from tqdm import tqdm
 
 from moodcat_plugin import distributed
 from moodcat_plugin.config import config_hash
-from moodcat_plugin.errors import UserError
+from moodcat_plugin.errors import CheckpointError, UserError
 from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,18 @@ def _check_finite(metrics: Dict[str, Any], run_dir: Path, epoch: int, hint: Call
             + hint())
 
 
+@contextmanager
+def stale_checkpoint_errors(path: Path) -> Iterator[None]:
+    """A run-folder checkpoint of another layout or shape (an older version's, a plain state dict
+    copied in, another network's) becomes one CheckpointError naming the file and the fix."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path} does not hold this run's training state ({type(exc).__name__}: {reason}); "
+                              "it is stale or was copied in: delete it to retrain") from exc
+
+
 def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None,
         description: str | None = None, stop_after_seconds: float | None = None,
         settings: str = "trainer") -> Dict:
@@ -159,9 +172,10 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     run_dir = Path(run_dir)
     modules = trainer.modules_to_save()
     if (run_dir / FINAL).is_file():
-        final = load_checkpoint(run_dir / FINAL)
-        for name, module in modules.items():
-            module.load_state_dict(final["modules"][name])
+        with stale_checkpoint_errors(run_dir / FINAL):
+            final = load_checkpoint(run_dir / FINAL)
+            for name, module in modules.items():
+                module.load_state_dict(final["modules"][name])
         log.info("reusing trained weights from %s", run_dir / FINAL)
         return {"history": final.get("history", []), "resumed_from": final.get("epochs", 0), "cached": True}
 
@@ -171,10 +185,11 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     trainer.run_dir = run_dir if main else None  # trainers may write logs and sample grids here
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / LAST).is_file():
-        last = load_checkpoint(run_dir / LAST)
-        trainer.load_state_dict(last["trainer"])
-        set_rng_state(last["rng"], device)
-        start_epoch, history = last["epoch"], last["history"]
+        with stale_checkpoint_errors(run_dir / LAST):
+            last = load_checkpoint(run_dir / LAST)
+            trainer.load_state_dict(last["trainer"])
+            set_rng_state(last["rng"], device)
+            start_epoch, history = int(last["epoch"]), list(last["history"])
         log.info("resuming %s from epoch %d", description or run_dir.name, start_epoch)
     if key is not None and main:
         atomic_write_json(key, run_dir / "config.json")

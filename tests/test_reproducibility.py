@@ -1,6 +1,7 @@
 """Trustworthy training runs: weights-only checkpoints, exact resume, seeded data streams,
 divergence stops, and a cache keyed on what changes results."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -275,6 +276,40 @@ def test_diverging_method_trainer_hint_names_the_method_section(make_config, mon
                         lambda self, epoch_idx: (self.net, {"epoch_idx": epoch_idx, "loss": float("inf")}))
     with pytest.raises(TrainingDivergedError, match=r"\(postprocessors\.oe\.trainer\.lr,"):
         runner.train_method("oe")
+
+
+TINY_MSP = ["-p", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress", "--set", "trainer.num_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """An output folder holding one trained tiny classifier (copied by each test that spoils it)."""
+    out = tmp_path_factory.mktemp("trained_once")
+    assert main([*TINY_MSP, "--output-dir", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("stale", ["plain_state_dict", "other_shape", "last_other_layout"])
+def test_stale_checkpoint_in_a_run_folder_is_one_line(trained_once, tmp_path, capsys, stale):
+    """A final.ckpt of another layout (OpenOOD's best.ckpt, a plain state dict, copied in) or shape
+    (a classifier of other classes), or a last.ckpt of another layout: one line naming the file."""
+    out = tmp_path / "out"
+    shutil.copytree(trained_once / "checkpoints", out / "checkpoints")
+    run_dir, = (out / "checkpoints").glob("demo-base-*")
+    final = load_checkpoint(run_dir / "final.ckpt")
+    if stale == "plain_state_dict":
+        torch.save(final["modules"]["net"], run_dir / "final.ckpt")
+    elif stale == "other_shape":
+        final["modules"]["net"]["fc.weight"] = torch.zeros(3, final["modules"]["net"]["fc.weight"].shape[1])
+        torch.save(final, run_dir / "final.ckpt")
+    else:
+        (run_dir / "final.ckpt").unlink()
+        torch.save({"epoch": 1, "trainer": {"weights": torch.zeros(2)}}, run_dir / "last.ckpt")
+    capsys.readouterr()
+    assert main([*TINY_MSP, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    name = "last.ckpt" if stale == "last_other_layout" else "final.ckpt"
+    assert "\n" not in err and str(run_dir / name) in err and "delete it to retrain" in err, err
 
 
 def test_cache_key_includes_cpu_threads(make_config):
