@@ -39,7 +39,7 @@ from tqdm import tqdm
 from moodcat_plugin import distributed
 from moodcat_plugin.config import config_hash
 from moodcat_plugin.errors import CheckpointError, UserError
-from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint
+from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, check_finite_weights, load_checkpoint
 
 log = logging.getLogger(__name__)
 FINAL = "final.ckpt"
@@ -175,6 +175,7 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
         with stale_checkpoint_errors(run_dir / FINAL):
             final = load_checkpoint(run_dir / FINAL)
             for name, module in modules.items():
+                check_finite_weights(final["modules"][name], f"checkpoint {run_dir / FINAL} ('{name}')")
                 module.load_state_dict(final["modules"][name])
         log.info("reusing trained weights from %s", run_dir / FINAL)
         return {"history": final.get("history", []), "resumed_from": final.get("epochs", 0), "cached": True}

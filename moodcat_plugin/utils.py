@@ -211,11 +211,23 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
         ) from exc
 
 
+def check_finite_weights(state_dict: dict, source: str) -> None:
+    """CheckpointError naming ``source`` and the first tensors holding NaN or infinity (weights
+    that would score every image NaN)."""
+    bad = [name for name, value in state_dict.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite weights ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): it is damaged; delete it to retrain, or "
+                              "point to another file")
+
+
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
-    """Strictly load ``state_dict``, turning key/shape mismatches into a readable error."""
+    """Strictly load ``state_dict``, turning key/shape mismatches and NaN/inf weights into a readable error."""
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    check_finite_weights(state_dict, source)
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

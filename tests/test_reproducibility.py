@@ -289,7 +289,7 @@ def trained_once(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("stale", ["plain_state_dict", "other_shape", "last_other_layout"])
+@pytest.mark.parametrize("stale", ["plain_state_dict", "other_shape", "last_other_layout", "nan_weights"])
 def test_stale_checkpoint_in_a_run_folder_is_one_line(trained_once, tmp_path, capsys, stale):
     """A final.ckpt of another layout (OpenOOD's best.ckpt, a plain state dict, copied in) or shape
     (a classifier of other classes), or a last.ckpt of another layout: one line naming the file."""
@@ -302,6 +302,9 @@ def test_stale_checkpoint_in_a_run_folder_is_one_line(trained_once, tmp_path, ca
     elif stale == "other_shape":
         final["modules"]["net"]["fc.weight"] = torch.zeros(3, final["modules"]["net"]["fc.weight"].shape[1])
         torch.save(final, run_dir / "final.ckpt")
+    elif stale == "nan_weights":  # named as the culprit, not a hint to re-score the method
+        final["modules"]["net"]["fc.weight"].fill_(float("nan"))
+        torch.save(final, run_dir / "final.ckpt")
     else:
         (run_dir / "final.ckpt").unlink()
         torch.save({"epoch": 1, "trainer": {"weights": torch.zeros(2)}}, run_dir / "last.ckpt")
@@ -310,6 +313,7 @@ def test_stale_checkpoint_in_a_run_folder_is_one_line(trained_once, tmp_path, ca
     err = capsys.readouterr().err.strip()
     name = "last.ckpt" if stale == "last_other_layout" else "final.ckpt"
     assert "\n" not in err and str(run_dir / name) in err and "delete it to retrain" in err, err
+    assert not (out / "demo" / "scores").exists()  # refused before scoring
 
 
 def test_cache_key_includes_cpu_threads(make_config):
@@ -365,3 +369,12 @@ def test_settings_only_cb_ext_reads_do_not_name_the_plain_cb(make_config):
     assert keys["predicted"]["cb"] == keys["wrong"]["cb"]
     assert keys["predicted"]["cb_ext"] != keys["wrong"]["cb_ext"]
     assert keys["predicted"]["cb_ext"]["cb"]["outlier_label"] == "predicted"
+
+
+def test_nan_weights_in_a_given_checkpoint_name_it():
+    """``network.checkpoint`` / shipped weights with NaN: the file is named, before any scoring."""
+    from moodcat_plugin.utils import load_state_dict_strict
+
+    state = {"weight": torch.full((2, 2), float("nan")), "bias": torch.zeros(2)}
+    with pytest.raises(CheckpointError, match=r"checkpoint best.ckpt holds NaN or infinite weights \(weight\)"):
+        load_state_dict_strict(torch.nn.Linear(2, 2), state, "checkpoint best.ckpt")
