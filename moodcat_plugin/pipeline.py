@@ -35,8 +35,9 @@ from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, closest_
 from moodcat_plugin.schema import Registered
 from moodcat_plugin.run_schema import check_run_config
 from moodcat_plugin.training import checkpoint_root, fit, run_folder
-from moodcat_plugin.utils import (ensure_writable_folder, load_checkpoint, load_state_dict_strict, resolve_device,
-                                  seed_everything, set_num_threads)
+from moodcat_plugin.errors import UserError
+from moodcat_plugin.utils import (ensure_writable_folder, load_checkpoint, load_state_dict_strict, missing_folders,
+                                  remove_empty, resolve_device, seed_everything, set_num_threads)
 
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -171,10 +172,15 @@ class Runner:
         seed_everything(config.seed)  # every process alike: their random draws must agree
         self.results_dir = Path(config.output_dir) / config.dataset.name
         self.checkpoint_root = checkpoint_root(config)
-        for folder in (self.results_dir, self.checkpoint_root):  # a one-line error now, not after training
-            ensure_writable_folder(folder)
-        distributed.check_shared_folder(self.checkpoint_root)
-        self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
+        created = missing_folders(self.results_dir, self.checkpoint_root)
+        try:
+            for folder in (self.results_dir, self.checkpoint_root):  # a one-line error now, not after training
+                ensure_writable_folder(folder)
+            distributed.check_shared_folder(self.checkpoint_root)
+            self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
+        except UserError:  # bad data or folders: leave no empty output folders behind
+            remove_empty(created)
+            raise
         self.evaluator = Evaluator(config, self.benchmark, self.results_dir)
         self._networks: Dict[str, tuple] = {}
 

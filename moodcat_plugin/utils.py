@@ -12,7 +12,7 @@ import shutil
 import sys
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -125,6 +125,25 @@ def ensure_writable_folder(folder: Path | str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         _new_temp_file(folder, "write_test").unlink()
     return folder
+
+
+def missing_folders(*folders: Path | str) -> List[Path]:
+    """The folders (and their ancestors) that do not exist yet, deepest first: what creating
+    ``folders`` would add, so a run that fails early can remove them again (:func:`remove_empty`)."""
+    missing = set()
+    for folder in folders:
+        folder = Path(folder).absolute()
+        while not folder.exists() and folder != folder.parent:
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty(folders: List[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is still empty; anything else stays."""
+    for folder in folders:
+        with suppress(OSError):
+            folder.rmdir()
 
 
 def replace_folder(finished: Path, target: Path) -> None:

@@ -307,3 +307,15 @@ def test_cli_lists_every_output_and_drops_single_component_row(tmp_path, capsys,
     assert list((gan_folder / "samples").glob("*.png")) and f"{gan_folder / 'samples'}/" in printed
     assert "| moodcat |" in printed and "| moodcat:cb |" not in printed  # Cb alone: the row is moodcat itself
     assert "±" not in printed.split("## Methods")[0].split("Best per column")[1]  # one dataset per group
+
+
+def test_bad_data_run_leaves_no_empty_output_folders(tmp_path, capsys):
+    """A run refused for its data (here: no data folder) removes the output and checkpoint folders it
+    created; a folder that was there before stays."""
+    (tmp_path / "kept").mkdir()
+    code = main(["-b", "cifar10", "-p", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress",
+                 "--data-root", str(tmp_path / "no_data"), "--output-dir", str(tmp_path / "out" / "results"),
+                 "--set", f"checkpoint_dir={tmp_path / 'kept' / 'ckpt' / 'deeper'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "does not exist" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())
