@@ -35,10 +35,19 @@ DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at import: OMP_NUM_T
 
 
 def set_num_threads(setting) -> int:
-    """Apply ``num_threads`` (``'auto'`` = torch's default, or an int >= 1); return the count."""
+    """Apply ``num_threads`` (``'auto'`` = torch's default, or an int >= 1); return the count.
+
+    More threads than CPUs is allowed (a container may see fewer CPUs than it may use, and the
+    count is part of the cache key of runs trained elsewhere) but warned about in one line: the
+    extra threads only wait on each other."""
     threads = DEFAULT_THREADS if setting == "auto" else int(setting)
     if threads < 1:
         raise ConfigError(f"num_threads must be 'auto' or an integer >= 1, got {setting!r}")
+    cpus = os.cpu_count() or threads
+    if threads > cpus:
+        logging.getLogger(__name__).warning(
+            "num_threads=%d is more than the %d CPUs of this machine: the extra threads slow every step down; "
+            "set num_threads=%d or auto (--set num_threads=...)", threads, cpus, cpus)
     torch.set_num_threads(threads)
     return threads
 

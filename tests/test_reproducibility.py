@@ -378,3 +378,25 @@ def test_nan_weights_in_a_given_checkpoint_name_it():
     state = {"weight": torch.full((2, 2), float("nan")), "bias": torch.zeros(2)}
     with pytest.raises(CheckpointError, match=r"checkpoint best.ckpt holds NaN or infinite weights \(weight\)"):
         load_state_dict_strict(torch.nn.Linear(2, 2), state, "checkpoint best.ckpt")
+
+
+def test_more_threads_than_cpus_warns_in_one_line(caplog, monkeypatch):
+    """Accepted (a container may see fewer CPUs than it may use) but never silently."""
+    import logging
+    import os
+
+    from moodcat_plugin.utils import set_num_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    previous = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert set_num_threads(64) == 64
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1 and "num_threads=64 is more than the 2 CPUs" in warnings[0]
+            assert "\n" not in warnings[0]
+            caplog.clear()
+            set_num_threads(2)
+            assert not caplog.records
+    finally:
+        torch.set_num_threads(previous)
