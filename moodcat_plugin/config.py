@@ -46,6 +46,15 @@ def is_plain_name(name: Any) -> bool:
     return isinstance(name, str) and bool(PLAIN_NAME_PATTERN.fullmatch(name)) and ".." not in name
 
 
+def plain_data(value: Any) -> Any:
+    """Nested mappings (Config, OpenOOD's Config) and lists/tuples -> plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    return value
+
+
 def check_plain_name(name: Any, what: str) -> str:
     """``name`` when it is a plain name (see ``PLAIN_NAME_PATTERN``); ConfigError naming ``what`` otherwise.
 

@@ -272,7 +272,6 @@ class Runner:
         if outlier and self.benchmark.outlier is None:
             raise ConfigError(f"method '{method}' needs outlier data, which benchmark '{cfg.dataset.name}' lacks")
         postprocessor.benchmark = self.benchmark
-        postprocessor.outlier_set = self.benchmark.outlier
         return postprocessor, net, meta
 
     def leaderboard(self) -> str:

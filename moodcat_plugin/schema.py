@@ -110,13 +110,13 @@ FLAG = Annotated[bool, Field(strict=True), Expect("true or false")]
 TEXT = Annotated[str, Field(strict=True, min_length=1), Expect("a non-empty string")]
 SECTION = Annotated[dict, Expect(SECTION_WORDS)]
 #: A name that becomes one folder name (a benchmark's ``name``): see ``config.check_plain_name``.
-def _plain(name: str) -> str:
+def _checked_plain_name(name: str) -> str:
     if not is_plain_name(name):
         raise ValueError(f"must be {PLAIN_NAME_WORDS}: it names a folder under the output directory")
     return name
 
 
-PLAIN_NAME = Annotated[str, Field(strict=True), AfterValidator(_plain), Expect(PLAIN_NAME_WORDS)]
+PLAIN_NAME = Annotated[str, Field(strict=True), AfterValidator(_checked_plain_name), Expect(PLAIN_NAME_WORDS)]
 
 
 # -- section schemas ---------------------------------------------------------------------------------

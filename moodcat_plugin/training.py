@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from moodcat_plugin import distributed
-from moodcat_plugin.config import config_hash
+from moodcat_plugin.config import config_hash, plain_data
 from moodcat_plugin.errors import CheckpointError, UserError
 from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, check_finite_weights, load_checkpoint
 
@@ -73,25 +73,17 @@ def compute_fingerprint(device: str | torch.device) -> Dict[str, Any]:
     return fingerprint
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 class AnyOf:
     """A neutral value with several spellings (e.g. ``amp``: ``off``, YAML's ``false``, None)."""
 
     def __init__(self, *values: Any):
-        self.values = [_plain(v) for v in values]
+        self.values = [plain_data(v) for v in values]
 
 
 def _is_neutral(value: Any, neutral: Any) -> bool:
     if isinstance(neutral, AnyOf):
-        return _plain(value) in neutral.values
-    return _plain(value) == _plain(neutral)
+        return plain_data(value) in neutral.values
+    return plain_data(value) == plain_data(neutral)
 
 
 def run_identity(section: Any, neutral: Dict[str, Any]) -> dict:
