@@ -149,8 +149,7 @@ def method_config(config: Config, method: str) -> Config:
 
 
 def build_network(network_cfg, num_classes: int) -> torch.nn.Module:
-    kwargs = {k: v for k, v in network_cfg.items() if k not in ("name", "checkpoint")}
-    return NETWORKS.get(network_cfg.name)(num_classes=num_classes, **kwargs)
+    return NETWORKS.build(network_cfg, num_classes=num_classes)
 
 
 def classifier_run(cfg) -> Tuple[dict, Path]:
@@ -265,7 +264,7 @@ class Runner:
         cfg = method_config(self.config, method)
         postprocessor = POSTPROCESSORS.get(cfg.postprocessor.name)(cfg)  # config errors before any training
         net, info = self.network_for(cfg, method)
-        outlier = info["outlier_data"] or bool(getattr(postprocessor, "uses_outlier_data", False))
+        outlier = info["outlier_data"] or postprocessor.uses_outlier_data
         meta = {**info, "outlier_data": outlier, "postprocessor": cfg.postprocessor.name,
                 "profile": cfg.profile, "seed": cfg.seed, "device": cfg.device, "threads": self.threads,
                 "training_processes": distributed.run_processes()}

@@ -107,3 +107,17 @@ def test_method_file_extends_another(make_config):
 def test_setting_a_method_that_is_not_run_is_an_error(make_config):
     with pytest.raises(ConfigError, match="'odin' is not among the methods run"):
         make_config(["msp"], "postprocessors.odin.postprocessor.APS_mode=false")
+
+
+def test_registry_build_passes_the_section_and_extras():
+    """``build(section, **extra)``: the class ``name`` names, called with the other keys except
+    ``checkpoint`` (where weights come from), plus the extras."""
+    registry = Registry("thing")
+
+    @registry.register("pair")
+    class Pair:
+        def __init__(self, width, num_classes):
+            self.width, self.num_classes = width, num_classes
+
+    built = registry.build({"name": "pair", "width": 2, "checkpoint": "x.pt"}, num_classes=6)
+    assert isinstance(built, Pair) and (built.width, built.num_classes) == (2, 6)

@@ -27,6 +27,8 @@ class BasePostprocessor:
     #: True when conf is a function of the logits alone; the evaluator then computes each
     #: dataset's logits once and shares them between such methods (and across APS candidates).
     uses_logits_only = True
+    #: Scores with the help of outlier data (MOODCAT's Cb(ext)); the leaderboard's "outlier data" column.
+    uses_outlier_data = False
     #: Schema of ``postprocessor_args`` (MSP takes none).
     args_schema = NoArgs
     #: Sections of the method file besides postprocessor/trainer/network: name -> schema or Registered.

@@ -387,7 +387,7 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
                     self._sample_batch = self.fixed_sample_batch(x, y)
                 row = self.train_step(x, y, epoch_idx)
                 if writer is not None:
-                    writer.writerow([row[c] for c in LOSS_COLUMNS])
+                    writer.writerow([row[c] for c in self.loss_columns()])
                 self.log_tensorboard(row)
                 self.maybe_save_samples()
                 for key in EPOCH_MEANS:
@@ -398,9 +398,14 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
         return self.net, {"epoch_idx": epoch_idx, "loss": means["g_loss"], **means, "step": self.step}
 
     # -- logging -------------------------------------------------------------------------------
+    def loss_columns(self) -> Tuple[str, ...]:
+        """Columns of ``losses.csv`` (and TensorBoard scalars after the first two): the class-consistency
+        loss too when it is trained (``class_consistency_weight`` > 0)."""
+        return LOSS_COLUMNS + (("class_consistency",) if self.classifier is not None else ())
+
     def loss_log(self):
         """Context manager yielding a csv writer appending to ``run_dir/losses.csv`` (or None)."""
-        return _LossLog(self.run_dir / "losses.csv" if self.run_dir else None, self.step)
+        return _LossLog(self.run_dir / "losses.csv" if self.run_dir else None, self.step, self.loss_columns())
 
     def tensorboard(self):
         if self._tb_tried or self.run_dir is None:
@@ -419,7 +424,7 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
             return
         writer = self.tensorboard()
         if writer is not None:
-            for key in LOSS_COLUMNS[2:]:
+            for key in self.loss_columns()[2:]:
                 writer.add_scalar(f"moodcat_gan/{key}", row[key], self.step)
             writer.flush()
 
@@ -447,8 +452,8 @@ class _LossLog:
     """Appends rows to a loss CSV, writing the header once and dropping rows past ``step``
     (left behind by an interrupted epoch that is being redone after a resume)."""
 
-    def __init__(self, path: Optional[Path], step: int):
-        self.path, self.step, self.file = path, step, None
+    def __init__(self, path: Optional[Path], step: int, columns: Tuple[str, ...] = LOSS_COLUMNS):
+        self.path, self.step, self.columns, self.file = path, step, columns, None
 
     def __enter__(self):
         if self.path is None:
@@ -465,7 +470,7 @@ class _LossLog:
         self.file = open(self.path, "a", newline="")
         writer = csv.writer(self.file)
         if new_file:
-            writer.writerow(LOSS_COLUMNS)
+            writer.writerow(self.columns)
         return writer
 
     def __exit__(self, *exc):
