@@ -27,7 +27,7 @@ from pathlib import Path
 
 from moodcat_plugin.config import check_plain_name, load_yaml
 from moodcat_plugin.errors import UserError
-from moodcat_plugin.evaluation.leaderboard import collect_rows, table_values, _columns
+from moodcat_plugin.evaluation.leaderboard import collect_rows, table_columns, table_values
 from moodcat_plugin.evaluation.metrics import ood_metrics
 from moodcat_plugin.moodcat.diagnostics import label_effect, pair_accuracy
 from moodcat_plugin.pipeline import Runner, build_config, default_config_root, method_config
@@ -134,7 +134,7 @@ def _accuracy(value) -> str:
 
 
 def render(results: list, rows: list, benchmark: str) -> str:
-    columns = _columns(rows)
+    columns = table_columns(rows)
     by_name = {row["method"]: row for row in rows}
     base = next((r["training_seconds"] for r in results if r["name"] == "paper"), None)
     lines = [f"# MOODCAT ablation, {benchmark}, deployable protocol (label = classifier prediction)", "",

@@ -105,7 +105,8 @@ def _metric_key(metric: str, convention: str) -> str:
     return f"FPR@95_{convention}" if metric == "FPR@95" else metric
 
 
-def _columns(rows: List[dict]) -> Dict[str, List[str]]:
+def table_columns(rows: List[dict]) -> Dict[str, List[str]]:
+    """The OOD set names of every row by group (``near``, ``far``), in first-seen order."""
     columns: Dict[str, List[str]] = {"near": [], "far": []}
     for row in rows:
         for name, values in row["datasets"].items():
@@ -135,7 +136,7 @@ def markdown_cell(text: str) -> str:
 
 def render_markdown(rows: List[dict], benchmark: str, convention: str, missing: List[str],
                     skipped: List[str] = ()) -> str:
-    columns = _columns(rows)
+    columns = table_columns(rows)
     ordered = columns["near"] + ["near mean"] + columns["far"] + ["far mean"]
     lines = [f"# Leaderboard: {benchmark}", "",
              f"FPR@95 column convention: **{FPR_CONVENTIONS[convention]}**. AUPR-In/Out: **OpenOOD's "
@@ -188,7 +189,7 @@ def method_notes(rows: List[dict]) -> List[str]:
 
 
 def render_csv(rows: List[dict], convention: str) -> str:
-    columns = _columns(rows)
+    columns = table_columns(rows)
     ordered = columns["near"] + ["near mean"] + columns["far"] + ["far mean"]
     header = ["method", "outlier_data", "id_acc"]
     header += [f"{metric}/{column}" for metric in METRICS for column in ordered]
