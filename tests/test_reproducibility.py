@@ -257,9 +257,10 @@ def test_diverging_generator_is_the_one_line_divergence_error(demo_sets, tmp_pat
     assert not (tmp_path / "gan" / "last.ckpt").exists() and not (tmp_path / "gan" / "final.ckpt").exists()
 
 
-def test_diverging_cb_hint_names_the_cb_learning_rate(make_config, monkeypatch):
-    """Through the postprocessor: the hint names ``cb.lr`` of the method, not ``trainer.lr``."""
-    runner = Runner(make_config(["moodcat"]))
+def test_diverging_cb_hint_names_the_cb_learning_rate(make_config, monkeypatch, tmp_path):
+    """Through the postprocessor: the hint names ``cb.lr`` of the method, not ``trainer.lr``
+    (own checkpoint folder: a Cb cached by another test would not train)."""
+    runner = Runner(make_config(["moodcat"], checkpoint_dir=str(tmp_path / "fresh")))
 
     def diverged(self, epoch_idx):
         return self.net, {"epoch_idx": epoch_idx, "loss": float("nan")}
@@ -269,9 +270,9 @@ def test_diverging_cb_hint_names_the_cb_learning_rate(make_config, monkeypatch):
         runner.train_method("moodcat")
 
 
-def test_diverging_method_trainer_hint_names_the_method_section(make_config, monkeypatch):
+def test_diverging_method_trainer_hint_names_the_method_section(make_config, monkeypatch, tmp_path):
     """A method training its own classifier (OE) names its own section's lr."""
-    runner = Runner(make_config(["oe"]))
+    runner = Runner(make_config(["oe"], checkpoint_dir=str(tmp_path / "fresh")))
     monkeypatch.setattr(TRAINERS.get("oe"), "train_epoch",
                         lambda self, epoch_idx: (self.net, {"epoch_idx": epoch_idx, "loss": float("inf")}))
     with pytest.raises(TrainingDivergedError, match=r"\(postprocessors\.oe\.trainer\.lr,"):
