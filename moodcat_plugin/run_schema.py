@@ -15,8 +15,9 @@ from moodcat_plugin.data.loaders import AUGMENT_LIST
 from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.evaluation.metrics import FPR_CONVENTIONS
 from moodcat_plugin.registry import NETWORKS, TRAINERS
-from moodcat_plugin.schema import (FLAG, SECTION, TEXT, Expect, Registered, Schema, check, check_method_section,
-                                   check_registered, choice, either, integer, list_of, number, optional)
+from moodcat_plugin.schema import (FLAG, PLAIN_NAME, SECTION, TEXT, Expect, Registered, Schema, check,
+                                   check_method_section, check_registered, choice, either, integer, list_of, number,
+                                   optional)
 
 DEVICE = Annotated[str, Field(strict=True, pattern=r"^(auto|cpu|cuda(:\d+)?)$"), Expect("auto, cpu, cuda or cuda:N")]
 
@@ -54,7 +55,7 @@ class IdSplits(Schema):
     test: SetSpec
 
 
-NAMED_SETS = optional(Annotated[Dict[str, SetSpec], Expect("a mapping of set name -> {npz/imglist/demo: ...}")])
+NAMED_SETS = optional(Annotated[Dict[PLAIN_NAME, SetSpec], Expect("a mapping of set name -> {npz/imglist/demo: ...}")])
 
 
 class Splits(Schema):
@@ -74,7 +75,7 @@ class Normalization(Schema):
 class BenchmarkConfig(Schema):
     """A benchmark file (``configs/benchmarks/*.yml``)."""
 
-    name: TEXT
+    name: PLAIN_NAME  # results/<name>/ and the checkpoint runs' folder names
     num_classes: integer(ge=2)
     image_size: integer(ge=1) = 32
     default_profile: optional(TEXT) = None
@@ -97,7 +98,7 @@ class BenchmarkConfig(Schema):
 class RunConfig(Schema):
     """The run-wide keys of ``configs/base.yml``; the sections are checked on their own."""
 
-    seed: integer(ge=0)
+    seed: integer(ge=0, le=2**32 - 1)  # numpy seeds are 32-bit
     device: DEVICE
     profile: TEXT
     output_dir: TEXT

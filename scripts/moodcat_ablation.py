@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from moodcat_plugin.config import load_yaml
+from moodcat_plugin.config import check_plain_name, load_yaml
 from moodcat_plugin.errors import UserError
-from moodcat_plugin.evaluation.leaderboard import collect_rows, table_values, _columns
+from moodcat_plugin.evaluation.leaderboard import collect_rows, table_columns, table_values
 from moodcat_plugin.evaluation.metrics import ood_metrics
 from moodcat_plugin.data import make_loader
 from moodcat_plugin.moodcat.diagnostics import label_effect, method_shuffle_drop, pair_accuracy
@@ -158,7 +158,7 @@ def _drop(value) -> str:
 
 
 def render(results: list, rows: list, benchmark: str) -> str:
-    columns = _columns(rows)
+    columns = table_columns(rows)
     by_name = {row["method"]: row for row in rows}
     base = next((r["training_seconds"] for r in results if r["name"] == "paper"), None)
     lines = [f"# MOODCAT ablation, {benchmark}, deployable protocol (label = classifier prediction)", "",
@@ -186,6 +186,8 @@ def render(results: list, rows: list, benchmark: str) -> str:
 
 def ablation(args) -> str:
     spec = load_yaml(args.ablation)
+    for variant in spec["variants"]:  # row names become folder and file names
+        check_plain_name(variant["name"], f"variant name in {args.ablation}")
     variants = [v for v in spec["variants"] if not args.variants or v["name"] in args.variants]
     unknown = set(args.variants or []) - {v["name"] for v in spec["variants"]}
     if unknown:

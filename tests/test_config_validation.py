@@ -35,8 +35,9 @@ def assert_refused_before_any_work(code, err_lines, out, message):
     (["--set", "trainer.num_epochs=abc"], "config key 'trainer.num_epochs' must be an integer >= 1, got 'abc'"),
     (["--set", "trainer.num_epochs=0"], "config key 'trainer.num_epochs' must be an integer >= 1, got 0"),
     (["--set", "trainer.lr=abc"], "config key 'trainer.lr' must be a number > 0, got 'abc'"),
-    (["--set", "seed=abc"], "config key 'seed' must be an integer >= 0, got 'abc'"),
-    (["--seed", "-1"], "config key 'seed' must be an integer >= 0, got -1"),
+    (["--set", "seed=abc"], "config key 'seed' must be an integer in [0, 4294967295], got 'abc'"),
+    (["--seed", "-1"], "config key 'seed' must be an integer in [0, 4294967295], got -1"),
+    (["--seed", "4294967296"], "config key 'seed' must be an integer in [0, 4294967295], got 4294967296"),
     (["--set", "trainer.num_epochs=[1"], "override 'trainer.num_epochs=[1': the value is not valid YAML at line 1, "
      "column 3: expected ',' or ']', but got '<stream end>'; quote it or fix the brackets (lists: [1, 2])"),
     (["--set", "trainer=5"], "config key 'trainer' must be a section (a mapping of keys), got 5"),

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from moodcat_plugin.config import check_plain_name
 from moodcat_plugin.data import Benchmark, make_loader
 from moodcat_plugin.evaluation.metrics import ood_metrics
 from moodcat_plugin.postprocessors.base_postprocessor import NEEDS, NetworkOutputs, network_outputs
@@ -153,7 +154,9 @@ class Evaluator:
 
     # -- one method --------------------------------------------------------------------------
     def evaluate(self, method: str, postprocessor, net, meta: dict) -> Path:
-        """Fit, (APS), score every set, save scores and ``meta.json``; returns the method folder."""
+        """Fit, (APS), score every set, save scores and ``meta.json``; returns the method folder
+        ``scores/<method>`` (``method`` must be a plain name: ConfigError before anything is written)."""
+        check_plain_name(method, "row name")
         started = time.time()
         net.eval()
         trials = []

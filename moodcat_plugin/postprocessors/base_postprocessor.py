@@ -75,6 +75,8 @@ class BasePostprocessor:
     needs = "logits"
     #: The data ``setup`` fits on, for listings ("ID train", "ID val"; "" = no fit).
     fits_on = ""
+    #: Scores with the help of outlier data (MOODCAT's Cb(ext)); the leaderboard's "outlier data" column.
+    uses_outlier_data = False
     #: Schema of ``postprocessor_args`` (MSP takes none).
     args_schema = NoArgs
     #: Sections of the method file besides postprocessor/trainer/network: name -> schema or Registered.

@@ -339,10 +339,10 @@ class MoodcatPostprocessor(BasePostprocessor):
                            int(section.batch_size), train=True, augment=section.augment, seed=seed,
                            device=self.device, shard=distributed.shard())
 
-    def _fit(self, trainer, name: str, key: dict, description: str) -> dict:
+    def _fit(self, trainer, name: str, key: dict, description: str, section: str) -> dict:
         folder = run_folder(self.config, f"{self.config.dataset.name}-{name}", key)
         result = fit(trainer, folder, progress=bool(self.config.get("progress", True)), key=key,
-                     description=description)
+                     description=description, settings=f"postprocessors.<method>.{section}")
         info = {"folder": str(folder), "cached": result["cached"]}
         last = (result.get("history") or [{}])[-1]
         info.update({k: v for k, v in last.items() if k in ("loss", "train_acc", "val_acc")})
@@ -386,7 +386,7 @@ class MoodcatPostprocessor(BasePostprocessor):
 
     def _train_gan(self, net, id_loader_dict):
         gan, trainer, key = self.gan_trainer(net, id_loader_dict)
-        self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
+        self._fit(trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)", "gan")
         return gan.eval().requires_grad_(False), key
 
     def gan_trainer(self, net, id_loader_dict):
@@ -425,7 +425,8 @@ class MoodcatPostprocessor(BasePostprocessor):
                                             unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"),
                                             classifier=net if cfg.cb.get("synthetic_negatives") else None)
         what = "with pseudo-labelled outliers" if variant == "cb_ext" else "on ID pairs"
-        self._fit(trainer, f"moodcat_{variant}", key, f"MOODCAT {variant} (conditional binary classifier, {what})")
+        self._fit(trainer, f"moodcat_{variant}", key, f"MOODCAT {variant} (conditional binary classifier, {what})",
+                  "cb")
         return cb.eval().requires_grad_(False)
 
     def _cb_key(self, variant: str, gan_key: dict) -> dict:
