@@ -50,13 +50,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def method_line(config_root: Path, name: str) -> str:
+    """One line per method config: what it reads (needs), what it fits on or trains, and its title."""
+    import sys
+
+    from moodcat_plugin.pipeline import load_method_file
+    from moodcat_plugin.registry import POSTPROCESSORS
+
+    section = load_method_file(config_root, name)
+    cls = POSTPROCESSORS.get(section["postprocessor"]["name"])
+    trains = [section[key]["name"] for key in ("trainer", "gan", "cb") if isinstance(section.get(key), dict)]
+    fit = f"trains: {', '.join(trains)}" if trains else f"fit: {cls.fits_on or '-'}"
+    own_module = cls.__module__.endswith(f"{cls.registered_name}_postprocessor")
+    doc = ((sys.modules[cls.__module__].__doc__ if own_module else cls.__doc__) or "?").strip().splitlines()[0]
+    title = doc.split(": ")[0].split(" (")[0].rstrip(".")
+    return f"  {name:<14} needs {cls.needs:<9} {fit:<33} {title}"
+
+
 def list_registered(config_root: Path) -> str:
     from moodcat_plugin.pipeline import available
     from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS
 
     return "\n".join([
         f"benchmarks:      {', '.join(available(config_root, 'benchmarks'))}",
-        f"method configs:  {', '.join(available(config_root, 'postprocessors'))}",
+        "method configs (needs: logits / features = read the shared forward pass, forward = own passes):",
+        *[method_line(config_root, name) for name in available(config_root, "postprocessors")],
         f"postprocessors:  {', '.join(POSTPROCESSORS.names())}",
         f"trainers:        {', '.join(TRAINERS.names())}",
         f"networks:        {', '.join(NETWORKS.names())}",

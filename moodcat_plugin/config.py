@@ -35,6 +35,35 @@ OPEN_SECTIONS = frozenset({"near", "far", "postprocessors", "extra_datasets", "n
 # YAML 1.2 core-schema floats that YAML 1.1 misses: an exponent without a dot (1e-3, 5E+5) or
 # without a sign (1.0e10). Plain integers never match (they keep YAML's int resolver).
 _FLOAT_WITH_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+#: A plain name (method, benchmark, table row): it becomes ONE folder or file name under the output
+#: and checkpoint folders, so no separator, no leading dot (nor ``..``), nothing Markdown reads (``|``).
+PLAIN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
+PLAIN_NAME_WORDS = "a plain name (letters, digits and _ . + = -, not starting with '.', no '..')"
+
+
+def is_plain_name(name: Any) -> bool:
+    """Whether ``name`` is a plain name (see ``PLAIN_NAME_PATTERN``)."""
+    return isinstance(name, str) and bool(PLAIN_NAME_PATTERN.fullmatch(name)) and ".." not in name
+
+
+def plain_data(value: Any) -> Any:
+    """Nested mappings (Config, OpenOOD's Config) and lists/tuples -> plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    return value
+
+
+def check_plain_name(name: Any, what: str) -> str:
+    """``name`` when it is a plain name (see ``PLAIN_NAME_PATTERN``); ConfigError naming ``what`` otherwise.
+
+    Names from configs and the command line become folder names (``scores/<method>``,
+    ``<benchmark>/``, checkpoint runs): ``../x`` or ``a/b`` would reach outside the output folders."""
+    if not is_plain_name(name):
+        raise ConfigError(f"{what} {name!r} is not {PLAIN_NAME_WORDS}: it names a folder under the output "
+                          "directory; rename it")
+    return name
 
 
 class ConfigLoader(yaml.SafeLoader):

@@ -177,11 +177,6 @@ def local_rows(draw: torch.Tensor, shard: Tuple[int, int]) -> torch.Tensor:
     return draw[rank_ * local:(rank_ + 1) * local]
 
 
-def global_shape(shape, shard: Tuple[int, int]) -> tuple:
-    """``shape`` with its first (batch) dimension multiplied by the number of processes."""
-    return (shape[0] * shard[1], *shape[1:])
-
-
 # -- BatchNorm over the global batch ---------------------------------------------------------------
 class SyncBatchNorm(nn.SyncBatchNorm):
     """torch's ``SyncBatchNorm`` (GPUs) whose forward accepts an ignored condition, so it also

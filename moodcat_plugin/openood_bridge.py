@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
-from moodcat_plugin.config import Config, merge
+from moodcat_plugin.config import Config, merge, plain_data
 from moodcat_plugin.errors import ConfigError, UserError
 
 DEFAULT_PROFILE = "gpu"
@@ -65,18 +65,9 @@ _WRAPPERS: Dict[type, type] = {}  # OpenOOD's BasePostprocessor -> our subclass 
 _PIPELINE_CLASSES = "moodcat_plugin_classes"  # attribute of our get_postprocessor wrapper: name -> class
 
 
-def _plain(value: Any) -> Any:
-    """OpenOOD's Config (or any mapping) -> plain nested dicts/lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def to_plugin_config(openood_config: Mapping) -> Config:
     """Map an OpenOOD postprocessor config to what :class:`MoodcatPostprocessor` reads."""
-    raw = _plain(openood_config)
+    raw = plain_data(openood_config)  # OpenOOD's Config -> dicts/lists
     profiles = raw.pop("profiles", None) or {}
     profile = raw.pop("profile", DEFAULT_PROFILE)
     if profiles:

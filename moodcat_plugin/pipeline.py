@@ -27,15 +27,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from moodcat_plugin import distributed
-from moodcat_plugin.config import Config, ConfigError, load_yaml, merge, parse_override, select_profile
+from moodcat_plugin.config import (Config, ConfigError, check_plain_name, load_yaml, merge, parse_override,
+                                   select_profile)
 from moodcat_plugin.data import Benchmark, load_benchmark, make_loader
 from moodcat_plugin.evaluation import Evaluator, write_leaderboard
 from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, closest_names
 from moodcat_plugin.schema import Registered
 from moodcat_plugin.run_schema import check_run_config
 from moodcat_plugin.training import checkpoint_root, fit, run_folder
-from moodcat_plugin.utils import (ensure_writable_folder, load_checkpoint, load_state_dict_strict, resolve_device,
-                                  seed_everything, set_num_threads)
+from moodcat_plugin.errors import UserError
+from moodcat_plugin.utils import (ensure_writable_folder, load_checkpoint, load_state_dict_strict, missing_folders,
+                                  remove_empty, resolve_device, seed_everything, set_num_threads)
 
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -52,6 +54,7 @@ def available(config_root: Path, kind: str) -> List[str]:
 
 
 def _named_file(config_root: Path, kind: str, name: str) -> Path:
+    check_plain_name(name, f"{kind[:-1]} name")  # before the name reaches any path
     path = config_root / kind / f"{name}.yml"
     if not path.is_file():
         names = available(config_root, kind)
@@ -146,8 +149,7 @@ def method_config(config: Config, method: str) -> Config:
 
 
 def build_network(network_cfg, num_classes: int) -> torch.nn.Module:
-    kwargs = {k: v for k, v in network_cfg.items() if k not in ("name", "checkpoint")}
-    return NETWORKS.get(network_cfg.name)(num_classes=num_classes, **kwargs)
+    return NETWORKS.build(network_cfg, num_classes=num_classes)
 
 
 def classifier_run(cfg) -> Tuple[dict, Path]:
@@ -169,10 +171,15 @@ class Runner:
         seed_everything(config.seed)  # every process alike: their random draws must agree
         self.results_dir = Path(config.output_dir) / config.dataset.name
         self.checkpoint_root = checkpoint_root(config)
-        for folder in (self.results_dir, self.checkpoint_root):  # a one-line error now, not after training
-            ensure_writable_folder(folder)
-        distributed.check_shared_folder(self.checkpoint_root)
-        self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
+        created = missing_folders(self.results_dir, self.checkpoint_root)
+        try:
+            for folder in (self.results_dir, self.checkpoint_root):  # a one-line error now, not after training
+                ensure_writable_folder(folder)
+            distributed.check_shared_folder(self.checkpoint_root)
+            self.benchmark: Benchmark = load_benchmark(config.dataset, config.data_root, progress=config.progress)
+        except UserError:  # bad data or folders: leave no empty output folders behind
+            remove_empty(created)
+            raise
         self.evaluator = Evaluator(config, self.benchmark, self.results_dir)
         self._networks: Dict[str, tuple] = {}
 
@@ -208,11 +215,14 @@ class Runner:
                 loaders.append(self.outlier_loader(cfg, method))
             trainer = trainer_cls(net, *loaders, cfg)
             shared = "" if trainer_cls.uses_outlier_data or cfg.trainer.name != "base" else ", shared by the methods"
+            own = "trainer" in self.config.postprocessors[method]  # the method's own trainer section
             result = fit(trainer, folder, progress=cfg.progress, key=key,
+                         settings=f"postprocessors.{method}.trainer" if own else "trainer",
                          description=f"classifier {cfg.network.name} ({cfg.trainer.name} trainer{shared})")
             info = {"network": f"{cfg.network.name} (width {cfg.network.get('width', 1)}) trained by "
                                f"'{cfg.trainer.name}' for {cfg.trainer.num_epochs} epochs", "trainer": cfg.trainer.name,
                     "checkpoint": str(folder / "final.ckpt"), "cached": result["cached"]}
+            self.evaluator.keep_train_outputs_beside(net, folder / "final.ckpt")  # fits reuse its ID-train pass
         info["outlier_data"] = bool(trainer_cls.uses_outlier_data and not (checkpoint and cfg.trainer.name == "base"))
         net.eval()
         self._networks[str(folder)] = (net, info)
@@ -246,6 +256,7 @@ class Runner:
     def run_method(self, method: str, row: Optional[str] = None) -> Path:
         """Train what ``method`` needs, score every set and save the scores under ``row``
         (default: the method's name; the ablation script runs variants of one method as rows)."""
+        check_plain_name(row or method, "row name")  # before anything is trained or written
         postprocessor, net, meta = self.prepare_method(method)
         return self.evaluator.evaluate(row or method, postprocessor, net, meta)
 
@@ -254,14 +265,13 @@ class Runner:
         cfg = method_config(self.config, method)
         postprocessor = POSTPROCESSORS.get(cfg.postprocessor.name)(cfg)  # config errors before any training
         net, info = self.network_for(cfg, method)
-        outlier = info["outlier_data"] or bool(getattr(postprocessor, "uses_outlier_data", False))
+        outlier = info["outlier_data"] or postprocessor.uses_outlier_data
         meta = {**info, "outlier_data": outlier, "postprocessor": cfg.postprocessor.name,
                 "profile": cfg.profile, "seed": cfg.seed, "device": cfg.device, "threads": self.threads,
                 "training_processes": distributed.run_processes()}
         if outlier and self.benchmark.outlier is None:
             raise ConfigError(f"method '{method}' needs outlier data, which benchmark '{cfg.dataset.name}' lacks")
         postprocessor.benchmark = self.benchmark
-        postprocessor.outlier_set = self.benchmark.outlier
         return postprocessor, net, meta
 
     def leaderboard(self) -> str:

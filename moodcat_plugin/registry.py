@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from importlib import metadata
-from typing import Callable, Dict, Iterator, List, TypeVar
+from typing import Callable, Dict, Iterator, List, Mapping, TypeVar
 
 from moodcat_plugin.errors import UserError
 
@@ -63,6 +63,12 @@ class Registry:
                 f"Registered: {', '.join(sorted(self._entries))}."
             )
         return self._entries[name]
+
+    def build(self, section: Mapping, **extra):
+        """The registered class ``section['name']`` called with the section's other keys (not
+        ``checkpoint``, which says where weights come from) and ``extra``."""
+        kwargs = {k: v for k, v in section.items() if k not in ("name", "checkpoint")}
+        return self.get(section["name"])(**kwargs, **extra)
 
     def names(self) -> List[str]:
         load_builtin_methods()

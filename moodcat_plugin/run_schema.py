@@ -15,8 +15,9 @@ from moodcat_plugin.data.loaders import AUGMENT_LIST
 from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.evaluation.metrics import FPR_CONVENTIONS
 from moodcat_plugin.registry import NETWORKS, TRAINERS
-from moodcat_plugin.schema import (FLAG, SECTION, TEXT, Expect, Registered, Schema, check, check_method_section,
-                                   check_registered, choice, either, integer, list_of, number, optional)
+from moodcat_plugin.schema import (FLAG, PLAIN_NAME, SECTION, TEXT, Expect, Registered, Schema, check,
+                                   check_method_section, check_registered, choice, either, integer, list_of, number,
+                                   optional)
 
 DEVICE = Annotated[str, Field(strict=True, pattern=r"^(auto|cpu|cuda(:\d+)?)$"), Expect("auto, cpu, cuda or cuda:N")]
 
@@ -38,12 +39,13 @@ class SetSpec(Schema):
     npz: optional(TEXT) = None        # file stem in the npz data pack
     imglist: optional(TEXT) = None    # OpenOOD image list under the data root
     demo: optional(TEXT) = None       # embedded demo set
+    builtin: optional(TEXT) = None    # built from data inside scikit-learn, any data root (data/demo.py BUILTIN_SETS)
     classes: optional(CLASS_IDS) = None  # OOD/outlier sets: keep only these class ids of the file
 
     @model_validator(mode="after")
     def _names_a_source(self):
-        if self.npz is None and self.imglist is None and self.demo is None:
-            raise ValueError("must name where the set comes from (npz, imglist or demo)")
+        if self.npz is None and self.imglist is None and self.demo is None and self.builtin is None:
+            raise ValueError("must name where the set comes from (npz, imglist, demo or builtin)")
         return self
 
 
@@ -53,12 +55,13 @@ class IdSplits(Schema):
     test: SetSpec
 
 
-NAMED_SETS = optional(Annotated[Dict[str, SetSpec], Expect("a mapping of set name -> {npz/imglist/demo: ...}")])
+NAMED_SETS = optional(Annotated[Dict[PLAIN_NAME, SetSpec], Expect("a mapping of set name -> {npz/imglist/demo: ...}")])
 
 
 class Splits(Schema):
     id: IdSplits
     ood_val: SetSpec
+    ood_val_far: optional(SetSpec) = None   # far-OOD validation (issue 27): selection data, never a test set
     outlier: optional(SetSpec) = None
     near: NAMED_SETS = None
     far: NAMED_SETS = None
@@ -72,7 +75,7 @@ class Normalization(Schema):
 class BenchmarkConfig(Schema):
     """A benchmark file (``configs/benchmarks/*.yml``)."""
 
-    name: TEXT
+    name: PLAIN_NAME  # results/<name>/ and the checkpoint runs' folder names
     num_classes: integer(ge=2)
     image_size: integer(ge=1) = 32
     default_profile: optional(TEXT) = None
@@ -95,7 +98,7 @@ class BenchmarkConfig(Schema):
 class RunConfig(Schema):
     """The run-wide keys of ``configs/base.yml``; the sections are checked on their own."""
 
-    seed: integer(ge=0)
+    seed: integer(ge=0, le=2**32 - 1)  # numpy seeds are 32-bit
     device: DEVICE
     profile: TEXT
     output_dir: TEXT

@@ -30,9 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from moodcat_plugin.config import unknown_key_message
+from moodcat_plugin.config import PLAIN_NAME_WORDS, is_plain_name, unknown_key_message
 from moodcat_plugin.errors import ConfigError
 from moodcat_plugin.registry import NETWORKS, POSTPROCESSORS, TRAINERS, Registry, UnknownNameError
 
@@ -109,6 +109,14 @@ def list_of(item, *, length: Optional[int] = None, min_length: Optional[int] = N
 FLAG = Annotated[bool, Field(strict=True), Expect("true or false")]
 TEXT = Annotated[str, Field(strict=True, min_length=1), Expect("a non-empty string")]
 SECTION = Annotated[dict, Expect(SECTION_WORDS)]
+#: A name that becomes one folder name (a benchmark's ``name``): see ``config.check_plain_name``.
+def _checked_plain_name(name: str) -> str:
+    if not is_plain_name(name):
+        raise ValueError(f"must be {PLAIN_NAME_WORDS}: it names a folder under the output directory")
+    return name
+
+
+PLAIN_NAME = Annotated[str, Field(strict=True), AfterValidator(_checked_plain_name), Expect(PLAIN_NAME_WORDS)]
 
 
 # -- section schemas ---------------------------------------------------------------------------------
@@ -334,6 +342,8 @@ def _error_message(schema: type, data: Any, error: dict, where: str) -> str:
     if error["type"] == "missing":
         return f"config key '{key}' is missing; set it to {words}"
     value = show(_value_at(data, parts, error.get("input")))
+    if rest[:1] == ["[key]"]:  # the name of a mapping's entry is wrong, not its value
+        key, value = _dotted(where, parts[:-1]), show(parts[-1])
     if error["type"] in ("value_error", "assertion_error") and "error" in (error.get("ctx") or {}):
         return f"config key '{key}' {error['ctx']['error']}, got {value}"
     return f"config key '{key}' must be {words}, got {value}"

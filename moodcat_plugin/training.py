@@ -29,16 +29,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Iterator
 
 import torch
 from tqdm import tqdm
 
 from moodcat_plugin import distributed
-from moodcat_plugin.config import config_hash
-from moodcat_plugin.errors import UserError
-from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint
+from moodcat_plugin.config import config_hash, plain_data
+from moodcat_plugin.errors import CheckpointError, UserError
+from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, check_finite_weights, load_checkpoint
 
 log = logging.getLogger(__name__)
 FINAL = "final.ckpt"
@@ -47,6 +48,19 @@ LAST = "last.ckpt"
 
 class TrainingDivergedError(UserError):
     """A loss became NaN or infinite; nothing of the run is cached."""
+
+
+class NonFiniteError(ArithmeticError):
+    """Raised inside a training step that met NaN/inf (e.g. a generator output, before a library
+    asserts on it); :func:`fit` turns it into a one-line :class:`TrainingDivergedError`."""
+
+
+def divergence_hint(trainer, settings: str) -> str:
+    """'lower the learning rate (<settings>.lr_g or ...)': the keys the trainer declares in
+    ``learning_rate_keys`` (a trainer from outside, e.g. OpenOOD's, has ``lr``) under the dotted
+    path ``settings`` of its config section."""
+    keys = " or ".join(f"{settings}.{key}" for key in getattr(trainer, "learning_rate_keys", ("lr",)))
+    return f"nothing was cached: lower the learning rate ({keys}, --set KEY=VALUE) and run again"
 
 
 def compute_fingerprint(device: str | torch.device) -> Dict[str, Any]:
@@ -59,25 +73,17 @@ def compute_fingerprint(device: str | torch.device) -> Dict[str, Any]:
     return fingerprint
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 class AnyOf:
     """A neutral value with several spellings (e.g. ``amp``: ``off``, YAML's ``false``, None)."""
 
     def __init__(self, *values: Any):
-        self.values = [_plain(v) for v in values]
+        self.values = [plain_data(v) for v in values]
 
 
 def _is_neutral(value: Any, neutral: Any) -> bool:
     if isinstance(neutral, AnyOf):
-        return _plain(value) in neutral.values
-    return _plain(value) == _plain(neutral)
+        return plain_data(value) in neutral.values
+    return plain_data(value) == plain_data(neutral)
 
 
 def run_identity(section: Any, neutral: Dict[str, Any]) -> dict:
@@ -121,16 +127,29 @@ def set_rng_state(state: Dict[str, Any], device: str | torch.device = "cpu") -> 
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _check_finite(metrics: Dict[str, Any], run_dir: Path, epoch: int) -> None:
+def _check_finite(metrics: Dict[str, Any], run_dir: Path, epoch: int, hint: Callable[[], str]) -> None:
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         raise TrainingDivergedError(
             f"training in {run_dir} diverged in epoch {epoch} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
-            "nothing was cached: lower the learning rate (e.g. --set trainer.lr=...) and run again")
+            + hint())
+
+
+@contextmanager
+def stale_checkpoint_errors(path: Path) -> Iterator[None]:
+    """A run-folder checkpoint of another layout or shape (an older version's, a plain state dict
+    copied in, another network's) becomes one CheckpointError naming the file and the fix."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path} does not hold this run's training state ({type(exc).__name__}: {reason}); "
+                              "it is stale or was copied in: delete it to retrain") from exc
 
 
 def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_after_epochs: int | None = None,
-        description: str | None = None, stop_after_seconds: float | None = None) -> Dict:
+        description: str | None = None, stop_after_seconds: float | None = None,
+        settings: str = "trainer") -> Dict:
     """Train ``trainer`` for ``trainer.num_epochs`` epochs in ``run_dir``, resuming if possible.
 
     Returns ``{'history': [...], 'resumed_from': epoch or 0, 'cached': bool}``. When
@@ -139,14 +158,17 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     ``stop_after_epochs`` ends the call early (as an interruption would), for tests;
     ``stop_after_seconds`` at the first epoch end past that many seconds (time-boxed runs, which
     resume with the next call). An early end returns ``'interrupted': True``.
-    ``description`` names the run on the progress bar (default: the folder name).
+    ``description`` names the run on the progress bar (default: the folder name); ``settings`` is
+    the dotted config path of the trainer's section, named by the divergence error's hint.
     """
     run_dir = Path(run_dir)
     modules = trainer.modules_to_save()
     if (run_dir / FINAL).is_file():
-        final = load_checkpoint(run_dir / FINAL)
-        for name, module in modules.items():
-            module.load_state_dict(final["modules"][name])
+        with stale_checkpoint_errors(run_dir / FINAL):
+            final = load_checkpoint(run_dir / FINAL)
+            for name, module in modules.items():
+                check_finite_weights(final["modules"][name], f"checkpoint {run_dir / FINAL} ('{name}')")
+                module.load_state_dict(final["modules"][name])
         log.info("reusing trained weights from %s", run_dir / FINAL)
         return {"history": final.get("history", []), "resumed_from": final.get("epochs", 0), "cached": True}
 
@@ -156,10 +178,11 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     trainer.run_dir = run_dir if main else None  # trainers may write logs and sample grids here
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / LAST).is_file():
-        last = load_checkpoint(run_dir / LAST)
-        trainer.load_state_dict(last["trainer"])
-        set_rng_state(last["rng"], device)
-        start_epoch, history = last["epoch"], last["history"]
+        with stale_checkpoint_errors(run_dir / LAST):
+            last = load_checkpoint(run_dir / LAST)
+            trainer.load_state_dict(last["trainer"])
+            set_rng_state(last["rng"], device)
+            start_epoch, history = int(last["epoch"]), list(last["history"])
         log.info("resuming %s from epoch %d", description or run_dir.name, start_epoch)
     if key is not None and main:
         atomic_write_json(key, run_dir / "config.json")
@@ -169,11 +192,16 @@ def fit(trainer, run_dir: Path, progress: bool = True, key: Any = None, stop_aft
     call_started = time.perf_counter()
     for epoch in epochs:
         started = time.perf_counter()
-        _, metrics = trainer.train_epoch(epoch + 1)
+        hint = lambda: divergence_hint(trainer, settings)  # noqa: E731
+        try:
+            _, metrics = trainer.train_epoch(epoch + 1)
+        except NonFiniteError as exc:
+            raise TrainingDivergedError(f"training in {run_dir} diverged in epoch {epoch + 1} ({exc}); "
+                                        + hint()) from None
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
         metrics = distributed.average(metrics)
         metrics["seconds"] = round(time.perf_counter() - started, 2)
-        _check_finite(metrics, run_dir, epoch + 1)
+        _check_finite(metrics, run_dir, epoch + 1, hint)
         history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['loss']:.4f}")
         if main:

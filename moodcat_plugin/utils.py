@@ -12,7 +12,7 @@ import shutil
 import sys
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,10 +35,19 @@ DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at import: OMP_NUM_T
 
 
 def set_num_threads(setting) -> int:
-    """Apply ``num_threads`` (``'auto'`` = torch's default, or an int >= 1); return the count."""
+    """Apply ``num_threads`` (``'auto'`` = torch's default, or an int >= 1); return the count.
+
+    More threads than CPUs is allowed (a container may see fewer CPUs than it may use, and the
+    count is part of the cache key of runs trained elsewhere) but warned about in one line: the
+    extra threads only wait on each other."""
     threads = DEFAULT_THREADS if setting == "auto" else int(setting)
     if threads < 1:
         raise ConfigError(f"num_threads must be 'auto' or an integer >= 1, got {setting!r}")
+    cpus = os.cpu_count() or threads
+    if threads > cpus:
+        logging.getLogger(__name__).warning(
+            "num_threads=%d is more than the %d CPUs of this machine: the extra threads slow every step down; "
+            "set num_threads=%d or auto (--set num_threads=...)", threads, cpus, cpus)
     torch.set_num_threads(threads)
     return threads
 
@@ -127,6 +136,25 @@ def ensure_writable_folder(folder: Path | str) -> Path:
     return folder
 
 
+def missing_folders(*folders: Path | str) -> List[Path]:
+    """The folders (and their ancestors) that do not exist yet, deepest first: what creating
+    ``folders`` would add, so a run that fails early can remove them again (:func:`remove_empty`)."""
+    missing = set()
+    for folder in folders:
+        folder = Path(folder).absolute()
+        while not folder.exists() and folder != folder.parent:
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty(folders: List[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is still empty; anything else stays."""
+    for folder in folders:
+        with suppress(OSError):
+            folder.rmdir()
+
+
 def replace_folder(finished: Path, target: Path) -> None:
     """Move the complete folder ``finished`` to ``target``, replacing what was there as a unit.
 
@@ -142,10 +170,29 @@ def replace_folder(finished: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _os_error_behind(exc: BaseException) -> Optional[OSError]:
+    """The OSError an exception was raised from or while handling (torch's zip writer wraps the
+    handle's ``OSError(ENOSPC)`` of a full disk in a ``RuntimeError``), None if there is none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    """``torch.save`` through :func:`atomic_write_with`: a write failure (disk full, ...) is one line."""
     def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:  # a Python handle: a full disk raises OSError(ENOSPC), not RuntimeError
-            torch.save(obj, handle)
+        with open(tmp, "wb") as handle:
+            try:
+                torch.save(obj, handle)
+            except RuntimeError as exc:  # "PytorchStreamWriter failed writing file ..." around the OSError
+                cause = _os_error_behind(exc)
+                if cause is None and "writ" not in str(exc):
+                    raise  # not a write failure: a bug to see in full
+                raise cause or OSError(errno.EIO, " ".join(str(exc).split())[:200]) from exc
 
     atomic_write_with(Path(path), write)
 
@@ -192,11 +239,23 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
         ) from exc
 
 
+def check_finite_weights(state_dict: dict, source: str) -> None:
+    """CheckpointError naming ``source`` and the first tensors holding NaN or infinity (weights
+    that would score every image NaN)."""
+    bad = [name for name, value in state_dict.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite weights ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): it is damaged; delete it to retrain, or "
+                              "point to another file")
+
+
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
-    """Strictly load ``state_dict``, turning key/shape mismatches into a readable error."""
+    """Strictly load ``state_dict``, turning key/shape mismatches and NaN/inf weights into a readable error."""
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    check_finite_weights(state_dict, source)
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

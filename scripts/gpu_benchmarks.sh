@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every method on CIFAR-10 and CIFAR-100 (cpu profile unless PROFILE is set), both benchmarks in
 # parallel on one GPU. Usage: scripts/gpu_benchmarks.sh DATA_ROOT OUTPUT_DIR [DEVICE]
-# Environment: METHODS, BENCHMARKS, PROFILE, WORKERS (data-loader workers), BUDGET_S (time limit
+# Environment: METHODS, BENCHMARKS, PROFILE, BUDGET_S (time limit
 # per benchmark; finished methods keep their scores, an unfinished training resumes next time).
 # LPIPS/DISTS are dropped (no pretrained trunks offline); the leaderboard says which scorers ran.
 set -u
 data_root=$1 out=$2 device=${3:-cuda}
 methods=${METHODS:-"msp odin ebo moodcat moodcat_ext oe mcd udg"}
-overrides=(--set "num_workers=${WORKERS:-0}")
+overrides=()
 for method in $methods; do
   case $method in moodcat*) overrides+=(--set "postprocessors.$method.postprocessor.postprocessor_args.scorers=[cb]");; esac
 done

@@ -25,12 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from moodcat_plugin.config import load_yaml
+from moodcat_plugin.config import check_plain_name, load_yaml
 from moodcat_plugin.errors import UserError
-from moodcat_plugin.evaluation.leaderboard import collect_rows, table_values, _columns
+from moodcat_plugin.evaluation.leaderboard import collect_rows, table_columns, table_values
 from moodcat_plugin.evaluation.metrics import ood_metrics
-from moodcat_plugin.moodcat.diagnostics import label_effect, pair_accuracy
-from moodcat_plugin.pipeline import Runner, build_config, default_config_root, method_config
+from moodcat_plugin.data import make_loader
+from moodcat_plugin.moodcat.diagnostics import label_effect, method_shuffle_drop, pair_accuracy
+from moodcat_plugin.pipeline import Runner, build_config, default_config_root, method_config, pretrained_flags
 from moodcat_plugin.registry import POSTPROCESSORS
 from moodcat_plugin.utils import atomic_write_json, atomic_write_text, run_guarded
 
@@ -47,6 +48,8 @@ def parse_args(argv=None):
                         help="train: train what the variants need; all: train and score; table: only write "
                              "the table from the variants scored so far")
     parser.add_argument("--output-dir", type=Path, default=Path("results"))
+    parser.add_argument("--pretrained", help="score with this shipped weights file (e.g. weights/moodcat_cifar10.pt) "
+                                             "instead of training the generator; parts it lacks are trained on it")
     parser.add_argument("--data-root")
     parser.add_argument("--device", default=None)
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="global override")
@@ -61,7 +64,9 @@ def variant_overrides(method: str, settings: dict) -> list:
 def variant_config(args, variant: dict, spec: dict):
     method = variant.get("method", spec["method"])
     flags = {"output_dir": str(args.output_dir / "ablation"), "checkpoint_dir": str(args.output_dir / "checkpoints"),
-             "data_root": args.data_root, "device": args.device, "progress": False if args.no_progress else None}
+             "data_root": args.data_root, "device": args.device, "progress": False if args.no_progress else None,
+             "postprocessors": (pretrained_flags([method], args.pretrained, default_config_root())
+                                if args.pretrained else None)}
     settings = {**(spec.get("common") or {}), **(variant.get("set") or {})}
     overrides = list(args.overrides) + variant_overrides(method, settings)
     return method, build_config(args.benchmark, [method], args.profile, overrides=overrides, flags=flags)
@@ -70,6 +75,8 @@ def variant_config(args, variant: dict, spec: dict):
 def training_seconds(post) -> float:
     total = 0.0
     for info in post.training_info.values():
+        if "folder" not in info:  # loaded from a shipped weights file: trained elsewhere, no history here
+            continue
         history = Path(info["folder"]) / "history.json"
         if history.is_file():
             total += sum(epoch.get("seconds", 0.0) for epoch in json.loads(history.read_text()))
@@ -91,6 +98,18 @@ def diagnostics(runner, post) -> dict:
                                              shuffle_synthesis=True, **common),
         **effect,
     }
+
+
+def validation_shuffle_drop(runner, post, net) -> dict:
+    """Val AUROC (ID val against TIN val and, where declared, the far-OOD validation set; mean) with
+    the method's own syntheses and with every x' taken from another image (issue 27)."""
+    evaluator, bench = runner.evaluator, runner.benchmark
+    ood = {"ood_val": evaluator.ood_loader_dict["val"]}
+    if bench.ood_val_far is not None:
+        ood["ood_val_far"] = make_loader(bench.ood_val_far, bench.mean, bench.std,
+                                         int(runner.config.get("eval_batch_size", 256)), device=post.device)
+    result = method_shuffle_drop(post, net, evaluator.id_loader_dict["val"], ood)
+    return {"val_auroc_with_far": result["auroc"], "shuffle_drop": result["drop"]}
 
 
 def validation_auroc(runner, post, net) -> float:
@@ -116,7 +135,7 @@ def run_variant(args, variant: dict, spec: dict) -> dict:
     post, net, meta = runner.prepare_method(method)
     runner.evaluator.evaluate(variant["name"], post, net, {**meta, "description": variant.get("description", "")})
     result = {"name": variant["name"], "description": variant.get("description", ""), **diagnostics(runner, post),
-              "val_auroc": validation_auroc(runner, post, net),
+              "val_auroc": validation_auroc(runner, post, net), **validation_shuffle_drop(runner, post, net),
               "training_seconds": training_seconds(post), "wall_seconds": round(time.time() - started, 1)}
     atomic_write_json(result, runner.results_dir / "diagnostics" / f"{variant['name']}.json")
     runner.leaderboard()
@@ -133,8 +152,13 @@ def _accuracy(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _drop(value) -> str:
+    """A shuffle drop in AUROC points, '-' for rows measured before it existed."""
+    return "-" if value is None else f"{value:+.2f}"
+
+
 def render(results: list, rows: list, benchmark: str) -> str:
-    columns = _columns(rows)
+    columns = table_columns(rows)
     by_name = {row["method"]: row for row in rows}
     base = next((r["training_seconds"] for r in results if r["name"] == "paper"), None)
     lines = [f"# MOODCAT ablation, {benchmark}, deployable protocol (label = classifier prediction)", "",
@@ -142,9 +166,11 @@ def render(results: list, rows: list, benchmark: str) -> str:
              "paired with another image's synthesis (labels kept); label effect: MSE(G(M(x),y), G(M(x),y')) / "
              "MSE(G(M(x),y), x). val AUROC: ID val against OOD val (the only OOD data used to choose a variant). "
              "Test AUROC and FPR@95 (OOD positive, OpenOOD) are means over the near / far sets. "
-             "Training time: generator + Cb(s) of the variant, wall seconds (cached parts count as trained once).", "",
-             "| variant | Cb acc | shuffled | label effect | val AUROC | near AUROC | far AUROC | near FPR@95 | "
-             "far FPR@95 | train s | extra s | what |", "|---" * 12 + "|"]
+             "Training time: generator + Cb(s) of the variant, wall seconds (cached parts count as trained once). "
+             "shuffle drop: val AUROC (with the far-OOD validation set where the benchmark declares one) minus the "
+             "same with every x' taken from another image; a row counts as re-synthesis only with a drop >= 5.", "",
+             "| variant | Cb acc | shuffled | label effect | val AUROC | shuffle drop | near AUROC | far AUROC | near FPR@95 | "
+             "far FPR@95 | train s | extra s | what |", "|---" * 13 + "|"]
     for r in results:
         row = by_name.get(r["name"])
         if row is None:
@@ -153,13 +179,15 @@ def render(results: list, rows: list, benchmark: str) -> str:
         fpr = table_values(row, "FPR@95", "ood_positive", columns)
         extra = "" if base is None else f"{r['training_seconds'] - base:+.0f}"
         lines.append(f"| {r['name']} | {_accuracy(r['cb_val_acc'])} | {_accuracy(r['cb_val_acc_shuffled'])} | {r['ratio']:.3f} | "
-                     f"{100 * r['val_auroc']:.2f} | {_cell(auroc['near mean'])} | {_cell(auroc['far mean'])} | {_cell(fpr['near mean'])} | "
+                     f"{100 * r['val_auroc']:.2f} | {_drop(r.get('shuffle_drop'))} | {_cell(auroc['near mean'])} | {_cell(auroc['far mean'])} | {_cell(fpr['near mean'])} | "
                      f"{_cell(fpr['far mean'])} | {r['training_seconds']:.0f} | {extra} | {r['description']} |")
     return "\n".join(lines) + "\n"
 
 
 def ablation(args) -> str:
     spec = load_yaml(args.ablation)
+    for variant in spec["variants"]:  # row names become folder and file names
+        check_plain_name(variant["name"], f"variant name in {args.ablation}")
     variants = [v for v in spec["variants"] if not args.variants or v["name"] in args.variants]
     unknown = set(args.variants or []) - {v["name"] for v in spec["variants"]}
     if unknown:

@@ -96,3 +96,19 @@ def fake_data_pack(tmp_path_factory):
         images = rng.integers(0, 256, size=(len(labels), 32, 32, 3), dtype=np.uint8)
         np.savez(folder / f"{name}.npz", images=images, labels=labels)
     return folder
+
+
+@pytest.fixture
+def forward_passes(monkeypatch):
+    """List that records the name of every dataset the evaluator sends through a classifier."""
+    from moodcat_plugin.evaluation import evaluator as evaluator_module
+
+    passes = []
+    original = evaluator_module.network_outputs
+
+    def counting(net, loader, *args, **kwargs):
+        passes.append(loader.name)
+        return original(net, loader, *args, **kwargs)
+
+    monkeypatch.setattr(evaluator_module, "network_outputs", counting)
+    return passes

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from moodcat_plugin.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,4 +47,11 @@ def test_cli_missing_data_root(tmp_path, capsys):
 
 def test_cli_list_and_help(capsys):
     assert main(["--list"]) == 0
-    assert "msp" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "method configs:" in listed and "msp" in listed and "moodcat" in listed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: run_benchmark.py") and "--postprocessor" in shown and "--pretrained" in shown
+    assert "examples:" in shown and "torchrun" in shown  # the epilog keeps its line breaks

@@ -71,22 +71,19 @@ def test_registry_rejects_duplicate_names():
 
 
 def test_entry_point_plugins_are_loaded(monkeypatch):
-    """A third-party package registers a method through the entry-point group alone."""
-    import sys
-    import types
+    """A third-party package registers a method through the entry-point group alone. Everything it
+    changes is restored by monkeypatch even when an assertion fails (no method left registered)."""
     from importlib import metadata
 
     import moodcat_plugin.registry as registry
-
-    module = types.ModuleType("fake_third_party_plugin")
 
     def _register():
         @registry.register_postprocessor("third_party_msp")
         class ThirdParty(registry.POSTPROCESSORS.get("msp")):
             pass
 
-    module.__dict__["load"] = _register
-    sys.modules["fake_third_party_plugin"] = module
+    registry.POSTPROCESSORS.names()  # our own entries loaded first, into the table restored below
+    monkeypatch.setattr(registry.POSTPROCESSORS, "_entries", dict(registry.POSTPROCESSORS._entries))
 
     class FakeEntryPoint:
         name, value = "fake", "fake_third_party_plugin"
@@ -97,7 +94,6 @@ def test_entry_point_plugins_are_loaded(monkeypatch):
     monkeypatch.setattr(metadata, "entry_points", lambda group: [FakeEntryPoint()] if group == registry.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(registry, "_loaded", False)
     assert "third_party_msp" in registry.POSTPROCESSORS.names()
-    registry.POSTPROCESSORS._entries.pop("third_party_msp")
 
 
 def test_method_file_extends_another(make_config):
@@ -111,3 +107,17 @@ def test_method_file_extends_another(make_config):
 def test_setting_a_method_that_is_not_run_is_an_error(make_config):
     with pytest.raises(ConfigError, match="'odin' is not among the methods run"):
         make_config(["msp"], "postprocessors.odin.postprocessor.APS_mode=false")
+
+
+def test_registry_build_passes_the_section_and_extras():
+    """``build(section, **extra)``: the class ``name`` names, called with the other keys except
+    ``checkpoint`` (where weights come from), plus the extras."""
+    registry = Registry("thing")
+
+    @registry.register("pair")
+    class Pair:
+        def __init__(self, width, num_classes):
+            self.width, self.num_classes = width, num_classes
+
+    built = registry.build({"name": "pair", "width": 2, "checkpoint": "x.pt"}, num_classes=6)
+    assert isinstance(built, Pair) and (built.width, built.num_classes) == (2, 6)

@@ -35,8 +35,9 @@ def assert_refused_before_any_work(code, err_lines, out, message):
     (["--set", "trainer.num_epochs=abc"], "config key 'trainer.num_epochs' must be an integer >= 1, got 'abc'"),
     (["--set", "trainer.num_epochs=0"], "config key 'trainer.num_epochs' must be an integer >= 1, got 0"),
     (["--set", "trainer.lr=abc"], "config key 'trainer.lr' must be a number > 0, got 'abc'"),
-    (["--set", "seed=abc"], "config key 'seed' must be an integer >= 0, got 'abc'"),
-    (["--seed", "-1"], "config key 'seed' must be an integer >= 0, got -1"),
+    (["--set", "seed=abc"], "config key 'seed' must be an integer in [0, 4294967295], got 'abc'"),
+    (["--seed", "-1"], "config key 'seed' must be an integer in [0, 4294967295], got -1"),
+    (["--seed", "4294967296"], "config key 'seed' must be an integer in [0, 4294967295], got 4294967296"),
     (["--set", "trainer.num_epochs=[1"], "override 'trainer.num_epochs=[1': the value is not valid YAML at line 1, "
      "column 3: expected ',' or ']', but got '<stream end>'; quote it or fix the brackets (lists: [1, 2])"),
     (["--set", "trainer=5"], "config key 'trainer' must be a section (a mapping of keys), got 5"),
@@ -201,9 +202,9 @@ def test_moodcat_checks_its_args_without_the_pipeline_too(make_config):
      "config key 'postprocessors.msp.postprocessor.APS_mode' must be true or false, got 1"),
     ("network.name=resnet", "config key 'network.name': unknown network 'resnet'. Did you mean: resnet18_32x32"),
     ("dataset.splits.near.extra={npzz: x}",
-     "unknown config key 'npzz' in 'dataset.splits.near.extra'. Did you mean 'npz'? Valid keys: classes, demo, imglist, npz."),
+     "unknown config key 'npzz' in 'dataset.splits.near.extra'. Did you mean 'npz'? Valid keys: builtin, classes, demo, imglist, npz."),
     ("dataset.splits.near.extra={}",
-     "config key 'dataset.splits.near.extra' must name where the set comes from (npz, imglist or demo), got {}"),
+     "config key 'dataset.splits.near.extra' must name where the set comes from (npz, imglist, demo or builtin), got {}"),
     ("dataset.splits.ood_val=null", "config key 'dataset.splits.ood_val' must be a section (a mapping of keys), got null"),
     ("device=gpu", "config key 'device' must be auto, cpu, cuda or cuda:N, got 'gpu'"),
 ])

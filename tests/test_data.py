@@ -173,7 +173,7 @@ def test_non_integral_float_labels_fail_integral_floats_pass(tmp_path):
     assert "integer" in message and "1.5" in message and "tr.npz" in message
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bad_crc", "empty_file", "not_npz", "no_labels"])
+@pytest.mark.parametrize("damage", ["truncated", "bad_crc", "empty_file", "not_npz", "no_labels", "random_bytes"])
 def test_corrupt_npz_is_one_line_data_error_naming_file(tmp_path, damage):
     spec = _toy_pack(tmp_path)
     path = tmp_path / "te.npz"
@@ -189,12 +189,15 @@ def test_corrupt_npz_is_one_line_data_error_naming_file(tmp_path, damage):
         path.write_bytes(b"")
     elif damage == "not_npz":
         path.write_text("<html>404 not found</html>")
+    elif damage == "random_bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
     else:
         np.savez(path, images=np.zeros((4, 32, 32, 3), np.uint8))
     with pytest.raises(DataError) as excinfo:
         load_benchmark(spec, str(tmp_path))
     message = _one_line_error(excinfo)
     assert str(path) in message and ("re-create" in message or "'labels'" in message)
+    assert "pickle" not in message  # numpy's guess for anything not a zip/npy, misleading here
 
 
 @pytest.mark.parametrize("empty_set", ["te", "oodval", "near1"])

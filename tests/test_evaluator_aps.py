@@ -1,4 +1,5 @@
-"""Evaluator: APS re-runs setup for each candidate and keeps the best; logits are shared."""
+"""Evaluator: APS re-runs setup for each candidate and keeps the first best in OpenOOD's order;
+the classifier's outputs are shared."""
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ from PIL import Image
 
 from moodcat_plugin.data import Benchmark, ImageArray
 from moodcat_plugin.evaluation import Evaluator
+from moodcat_plugin.evaluation.evaluator import aps_candidates
 from moodcat_plugin.evaluation.leaderboard import write_leaderboard
 from moodcat_plugin.evaluation.plots import bin_edges
 from moodcat_plugin.pipeline import Runner, method_config
@@ -16,7 +18,7 @@ from moodcat_plugin.postprocessors import BasePostprocessor
 class DistanceToFittedMean(BasePostprocessor):
     """conf = -||x - mean||^2 where the mean is fitted in setup on the source named by ``fit_source``."""
 
-    uses_logits_only = False
+    needs = "forward"
 
     def __init__(self, config):
         super().__init__(config)
@@ -60,23 +62,44 @@ def test_aps_refits_per_candidate_and_picks_best(make_config, tmp_path):
     assert pp.fit_source == "id_train" and pp.hyperparam_search_done
 
 
-def test_logits_computed_once_and_shared(make_config, monkeypatch):
+def test_aps_order_is_openoods_and_first_strict_maximum_wins(make_config, tmp_path):
+    """Three ODIN candidates tie; OpenOOD v1.5's evaluation_api tries (T, noise) with T varying
+    fastest and keeps the first strict maximum, so (1000, 0.0014) wins over (10, 0.0028) and
+    (100, 0.0028), which ``itertools.product`` order would have met first."""
+    sweep = {"temperature": [1, 10, 100, 1000], "noise": [0.0014, 0.0028]}
+    assert aps_candidates(sweep) == [(1, 0.0014), (10, 0.0014), (100, 0.0014), (1000, 0.0014),
+                                     (1, 0.0028), (10, 0.0028), (100, 0.0028), (1000, 0.0028)]
+    assert aps_candidates({"a": [1, 2]}) == [(1,), (2,)]
+    tied = {(10, 0.0028), (100, 0.0028), (1000, 0.0014)}
+
+    class TiedCandidates(BasePostprocessor):
+        needs = "forward"
+
+        def postprocess(self, net, data):  # dark (ID) above bright (OOD) only for the tied three
+            darkness = -data.flatten(1).mean(1)
+            conf = darkness if (self.temperature, self.noise) in tied else torch.zeros(len(data))
+            return torch.zeros(len(data), dtype=torch.long), conf
+
+    cfg = make_config(["msp"])
+    mcfg = method_config(cfg, "msp")
+    mcfg.postprocessor.APS_mode = True
+    mcfg.postprocessor.postprocessor_args = {"temperature": 1, "noise": 0.0014}
+    mcfg.postprocessor.postprocessor_sweep = sweep
+    pp = TiedCandidates(mcfg)
+    pp.registered_name = "tied"
+    trials = Evaluator(cfg, _dark_vs_bright_benchmark(), tmp_path).hyperparam_search(pp, torch.nn.Identity())
+    assert [t["AUROC"] for t in trials].count(1.0) == 3
+    assert (pp.temperature, pp.noise) == (1000, 0.0014)
+
+
+def test_outputs_computed_once_and_shared(make_config, forward_passes):
     cfg = make_config(["msp", "ebo"])
     runner = Runner(cfg)
-    calls = {"n": 0}
-    original = Evaluator._cached_logits
-
-    def counting(self, net, loader):
-        key = (id(net), loader.dataset.name)
-        if key not in self._logits:
-            calls["n"] += 1
-        return original(self, net, loader)
-
-    monkeypatch.setattr(Evaluator, "_cached_logits", counting)
+    passes = forward_passes
     runner.run_method("msp")
-    first = calls["n"]
+    first = len(passes)
     runner.run_method("ebo")  # EBO APS sweeps 4 temperatures on the same cached logits
-    assert first == calls["n"] and first >= 3
+    assert first == len(passes) and first >= 3 and len(set(passes)) == len(passes)
 
 
 def test_scores_saved_and_leaderboard_rebuilt_from_disk(make_config):

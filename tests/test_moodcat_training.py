@@ -282,3 +282,21 @@ def test_cb_schedule_comes_from_the_method_file_profile():
     assert trainer.steps_per_epoch() == 7
     assert [group["lr"] for group in trainer.optimizer.param_groups] == [3e-3]
     assert tuple(trainer.optimizer.param_groups[0]["betas"]) == tuple(cfg.cb.betas)
+
+
+def test_class_consistency_loss_reaches_losses_csv(demo_sets, tmp_path):
+    """With a classifier (class_consistency_weight > 0) its loss is a column of losses.csv, step by
+    step (it used to reach only the epoch means); without one the columns stay as they were."""
+    from moodcat_plugin.networks.resnet18_32x32 import ResNet18_32x32
+    from moodcat_plugin.trainers.moodcat_gan_trainer import LOSS_COLUMNS
+
+    loader = _loader(demo_sets["digits_train"], 8)
+    config = _config(_gan_section(num_epochs=1, class_consistency_weight=1.0))
+    trainer = MoodcatGANTrainer(_tiny_gan(), loader, config, classifier=ResNet18_32x32(num_classes=6, width=0.125))
+    fit(trainer, tmp_path / "gan", progress=False)
+    with open(tmp_path / "gan" / "losses.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(np.isfinite(float(r["class_consistency"])) for r in rows)
+    assert tuple(rows[0]) == LOSS_COLUMNS + ("class_consistency",)
+    plain = MoodcatGANTrainer(_tiny_gan(), loader, _config(_gan_section(num_epochs=1)))
+    assert plain.loss_columns() == LOSS_COLUMNS

@@ -100,6 +100,32 @@ def test_diagnostics_detect_a_cb_that_ignores_the_synthesis():
     assert effect["recon_mse"] > 0 and effect["ratio"] >= 0
 
 
+def test_pair_accuracy_positive_control_cb_that_compares_x_with_its_synthesis():
+    """Positive control of the shuffle diagnostic: each image is flat at its class's grey level and
+    the generator returns the flat image of the label it is given, so a Cb that compares x with x'
+    is perfect on its own pairs and near chance when every x' is another image's synthesis. The
+    images are sorted by class, as OpenOOD's val lists: partners drawn from the neighbours (the
+    diagnostic before issue 27) share the class, and the drop went unseen."""
+    from moodcat_plugin.data.arrays import ImageArray
+
+    levels = torch.tensor([30, 70, 110, 150, 190, 230])
+    labels = torch.arange(6).repeat_interleave(8)  # sorted by class
+    images = levels[labels].view(-1, 1, 1, 1).expand(-1, 32, 32, 3).to(torch.uint8).numpy()
+    val = make_loader(ImageArray("flat", images, labels.numpy()), MEAN, STD, 16)
+
+    class ClassPrototype(torch.nn.Module):
+        def synthesize_from_masked(self, masked, y, use_ema=False):
+            return (levels[y].float() / 255 * 2 - 1).view(-1, 1, 1, 1).expand_as(masked).clone()
+
+    class Comparator(torch.nn.Module):
+        def forward(self, x, x_synth, y):
+            return (x - x_synth).abs().mean(dim=(1, 2, 3)) - 0.05  # > 0 = mismatch
+
+    plain = pair_accuracy(Comparator(), ClassPrototype(), val, MEAN, STD, 6)
+    shuffled = pair_accuracy(Comparator(), ClassPrototype(), val, MEAN, STD, 6, shuffle_synthesis=True)
+    assert plain == 1.0 and shuffled < 0.75
+
+
 def test_variants_run_end_to_end_with_cascade_row(make_config):
     method = "moodcat"
     cfg = make_config([method], f"postprocessors.{method}.cb_network.name=feature_comparator_cb",
@@ -155,6 +181,7 @@ def test_ablation_script_writes_one_table_of_variants(tmp_path, capsys, script):
     rows = json.loads((out / "ablation" / "demo" / "moodcat_deployable.json").read_text())
     assert [r["name"] for r in rows] == ["paper", "paper_k4"]  # the config file's order
     assert all(0 <= r["cb_val_acc"] <= 1 and r["recon_mse"] > 0 for r in rows)
+    assert all(-100 <= r["shuffle_drop"] <= 100 for r in rows) and "| shuffle drop |" in table
     (out / "ablation" / "demo" / "moodcat_deployable.md").unlink()
     assert moodcat_ablation.main([*common, "--stage", "table"]) == 0  # rewrites the table, scores nothing
     assert (out / "ablation" / "demo" / "moodcat_deployable.md").read_text() == table

@@ -1,6 +1,7 @@
 """Outputs (issue 9): one-line errors for unwritable output folders, file modes, score sets replaced
 as a unit, unreadable method folders, rebuild_leaderboard errors, and what the CLI and plot show."""
 import errno
+import io
 import json
 import os
 import shutil
@@ -101,6 +102,49 @@ def test_full_disk_during_scoring_is_one_line_cli_error(tmp_path, capsys, monkey
                  str(tmp_path), "--set", f"checkpoint_dir={shared_checkpoints}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "disk is full" in err and str(tmp_path / "demo" / "scores") in err
+
+
+class _FullDisk(io.FileIO):
+    """A binary file on a disk that fills up after ``room`` bytes (the write raises ENOSPC)."""
+
+    room = 1000
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def _full_disk_for_binary_files(monkeypatch):
+    """Binary writes through moodcat_plugin.utils hit a full disk; text (JSON) writes still fit."""
+    import moodcat_plugin.utils as utils
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if "b" in mode and "w" in mode:
+            return _FullDisk(path, mode.replace("b", ""))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(utils, "open", fake_open, raising=False)
+
+
+def test_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+    """torch's zip writer turns the handle's OSError(ENOSPC) into a RuntimeError: still one line."""
+    target = tmp_path / "run" / "last.ckpt"
+    atomic_torch_save({"w": torch.zeros(4)}, target)
+    before = target.read_bytes()
+    _full_disk_for_binary_files(monkeypatch)
+    with pytest.raises(UserError) as excinfo:
+        atomic_torch_save({"w": torch.zeros(10_000)}, target)
+    message = str(excinfo.value)
+    assert "\n" not in message and str(target) in message and "disk is full" in message
+    assert target.read_bytes() == before and [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_full_disk_during_training_is_one_line_cli_error(tmp_path, capsys, monkeypatch):
+    _full_disk_for_binary_files(monkeypatch)
+    code = main(["-p", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "disk is full" in err and "last.ckpt" in err, err
 
 
 # -- file modes and valid JSON -------------------------------------------------------------------------
@@ -263,3 +307,15 @@ def test_cli_lists_every_output_and_drops_single_component_row(tmp_path, capsys,
     assert list((gan_folder / "samples").glob("*.png")) and f"{gan_folder / 'samples'}/" in printed
     assert "| moodcat |" in printed and "| moodcat:cb |" not in printed  # Cb alone: the row is moodcat itself
     assert "±" not in printed.split("## Methods")[0].split("Best per column")[1]  # one dataset per group
+
+
+def test_bad_data_run_leaves_no_empty_output_folders(tmp_path, capsys):
+    """A run refused for its data (here: no data folder) removes the output and checkpoint folders it
+    created; a folder that was there before stays."""
+    (tmp_path / "kept").mkdir()
+    code = main(["-b", "cifar10", "-p", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress",
+                 "--data-root", str(tmp_path / "no_data"), "--output-dir", str(tmp_path / "out" / "results"),
+                 "--set", f"checkpoint_dir={tmp_path / 'kept' / 'ckpt' / 'deeper'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "does not exist" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())

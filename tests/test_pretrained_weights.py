@@ -213,3 +213,43 @@ def test_a_method_with_another_cb_network_trains_its_own_cb_on_the_files_generat
     meta = json.loads((out / "demo" / "scores" / "moodcat_plus" / "meta.json").read_text())
     assert meta["training"]["moodcat_gan"]["sha256"] == entry["sha256"]
     assert "pretrained" not in meta["training"]["moodcat_cb"]
+
+
+def _listed_file(folder: Path, content) -> Path:
+    """``content`` saved as weights.pt with a MANIFEST entry of its true sha256 (so it passes the check)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "weights.pt"
+    torch.save(content, path)
+    (folder / MANIFEST).write_text(json.dumps({"files": {path.name: {"sha256": sha256_of(path)}}}))
+    return path
+
+
+GOOD_LAYOUT = {"format": "moodcat-weights/1", "benchmark": "demo", "num_classes": 6, "gan_network": {},
+               "provenance": {}, "modules": {"encoder": {"w": torch.zeros(2)}, "decoder": {"w": torch.zeros(2)}}}
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"modules": None}, "'modules' is missing"),
+    ({"modules": [1, 2]}, "'modules' is list, not a dict"),
+    ({"modules": {"encoder": {"w": torch.zeros(2)}}}, "no decoder in 'modules'"),
+    ({"modules": {"encoder": {"w": 1}, "decoder": {}}}, "module 'encoder' is not a state dict of tensors"),
+    ({"num_classes": "6"}, "'num_classes' is str, not a int"),
+    ({"modules": {**GOOD_LAYOUT["modules"], "cb": {}}}, "a Cb without its 'cb_network' section"),
+])
+def test_malformed_weights_file_passing_its_sha256_is_one_line(tmp_path, change, problem):
+    content = {k: v for k, v in {**GOOD_LAYOUT, **change}.items() if v is not None}
+    path = _listed_file(tmp_path, content)
+    with pytest.raises(CheckpointError) as caught:
+        load_weights(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and problem in message and "re-export" in message
+    assert load_weights(_listed_file(tmp_path / "good", GOOD_LAYOUT))["benchmark"] == "demo"
+
+
+@pytest.mark.parametrize("manifest", [{"files": ["weights.pt"]}, {"files": {"weights.pt": "abc"}}, ["weights.pt"],
+                                      {"files": {"weights.pt": {"sha256": 5}}}])
+def test_malformed_manifest_is_one_line(tmp_path, manifest):
+    path = _listed_file(tmp_path, GOOD_LAYOUT)
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"MANIFEST.json is malformed .* restore it"):
+        verify(path)

@@ -1,6 +1,7 @@
 """Trustworthy training runs: weights-only checkpoints, exact resume, seeded data streams,
 divergence stops, and a cache keyed on what changes results."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -240,6 +241,81 @@ def test_gan_with_exploding_discriminator_stops_and_saves_nothing(demo_sets, tmp
     assert not (tmp_path / "gan" / "last.ckpt").exists() and not (tmp_path / "gan" / "final.ckpt").exists()
 
 
+def test_diverging_generator_is_the_one_line_divergence_error(demo_sets, tmp_path):
+    """A generator whose output turns NaN (seen with gan.lr_g=1.0) stops with the README's one-line
+    divergence error naming the generator's own learning rates, not piq's SSIM AssertionError."""
+    trainer = _gan_trainer(demo_sets["digits_train"])
+    with torch.no_grad():
+        for param in trainer.net.decoder.parameters():
+            param.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError) as caught:
+        fit(trainer, tmp_path / "gan", progress=False, settings="postprocessors.<method>.gan")
+    message = str(caught.value)
+    assert "\n" not in message and "diverged in epoch 1" in message and "generator's output" in message
+    assert "postprocessors.<method>.gan.lr_g or postprocessors.<method>.gan.lr_d" in message
+    assert not (tmp_path / "gan" / "last.ckpt").exists() and not (tmp_path / "gan" / "final.ckpt").exists()
+
+
+def test_diverging_cb_hint_names_the_cb_learning_rate(make_config, monkeypatch, tmp_path):
+    """Through the postprocessor: the hint names ``cb.lr`` of the method, not ``trainer.lr``
+    (own checkpoint folder: a Cb cached by another test would not train)."""
+    runner = Runner(make_config(["moodcat"], checkpoint_dir=str(tmp_path / "fresh")))
+
+    def diverged(self, epoch_idx):
+        return self.net, {"epoch_idx": epoch_idx, "loss": float("nan")}
+
+    monkeypatch.setattr(MoodcatCbTrainer, "train_epoch", diverged)
+    with pytest.raises(TrainingDivergedError, match=r"lower the learning rate \(postprocessors\.<method>\.cb\.lr,"):
+        runner.train_method("moodcat")
+
+
+def test_diverging_method_trainer_hint_names_the_method_section(make_config, monkeypatch, tmp_path):
+    """A method training its own classifier (OE) names its own section's lr."""
+    runner = Runner(make_config(["oe"], checkpoint_dir=str(tmp_path / "fresh")))
+    monkeypatch.setattr(TRAINERS.get("oe"), "train_epoch",
+                        lambda self, epoch_idx: (self.net, {"epoch_idx": epoch_idx, "loss": float("inf")}))
+    with pytest.raises(TrainingDivergedError, match=r"\(postprocessors\.oe\.trainer\.lr,"):
+        runner.train_method("oe")
+
+
+TINY_MSP = ["-p", "msp", "--profile", "tiny", "--device", "cpu", "--no-progress", "--set", "trainer.num_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """An output folder holding one trained tiny classifier (copied by each test that spoils it)."""
+    out = tmp_path_factory.mktemp("trained_once")
+    assert main([*TINY_MSP, "--output-dir", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("stale", ["plain_state_dict", "other_shape", "last_other_layout", "nan_weights"])
+def test_stale_checkpoint_in_a_run_folder_is_one_line(trained_once, tmp_path, capsys, stale):
+    """A final.ckpt of another layout (OpenOOD's best.ckpt, a plain state dict, copied in) or shape
+    (a classifier of other classes), or a last.ckpt of another layout: one line naming the file."""
+    out = tmp_path / "out"
+    shutil.copytree(trained_once / "checkpoints", out / "checkpoints")
+    run_dir, = (out / "checkpoints").glob("demo-base-*")
+    final = load_checkpoint(run_dir / "final.ckpt")
+    if stale == "plain_state_dict":
+        torch.save(final["modules"]["net"], run_dir / "final.ckpt")
+    elif stale == "other_shape":
+        final["modules"]["net"]["fc.weight"] = torch.zeros(3, final["modules"]["net"]["fc.weight"].shape[1])
+        torch.save(final, run_dir / "final.ckpt")
+    elif stale == "nan_weights":  # named as the culprit, not a hint to re-score the method
+        final["modules"]["net"]["fc.weight"].fill_(float("nan"))
+        torch.save(final, run_dir / "final.ckpt")
+    else:
+        (run_dir / "final.ckpt").unlink()
+        torch.save({"epoch": 1, "trainer": {"weights": torch.zeros(2)}}, run_dir / "last.ckpt")
+    capsys.readouterr()
+    assert main([*TINY_MSP, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    name = "last.ckpt" if stale == "last_other_layout" else "final.ckpt"
+    assert "\n" not in err and str(run_dir / name) in err and "delete it to retrain" in err, err
+    assert not (out / "demo" / "scores").exists()  # refused before scoring
+
+
 def test_cache_key_includes_cpu_threads(make_config):
     cfg = make_config(["msp"])
     previous = torch.get_num_threads()
@@ -293,3 +369,34 @@ def test_settings_only_cb_ext_reads_do_not_name_the_plain_cb(make_config):
     assert keys["predicted"]["cb"] == keys["wrong"]["cb"]
     assert keys["predicted"]["cb_ext"] != keys["wrong"]["cb_ext"]
     assert keys["predicted"]["cb_ext"]["cb"]["outlier_label"] == "predicted"
+
+
+def test_nan_weights_in_a_given_checkpoint_name_it():
+    """``network.checkpoint`` / shipped weights with NaN: the file is named, before any scoring."""
+    from moodcat_plugin.utils import load_state_dict_strict
+
+    state = {"weight": torch.full((2, 2), float("nan")), "bias": torch.zeros(2)}
+    with pytest.raises(CheckpointError, match=r"checkpoint best.ckpt holds NaN or infinite weights \(weight\)"):
+        load_state_dict_strict(torch.nn.Linear(2, 2), state, "checkpoint best.ckpt")
+
+
+def test_more_threads_than_cpus_warns_in_one_line(caplog, monkeypatch):
+    """Accepted (a container may see fewer CPUs than it may use) but never silently."""
+    import logging
+    import os
+
+    from moodcat_plugin.utils import set_num_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    previous = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert set_num_threads(64) == 64
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1 and "num_threads=64 is more than the 2 CPUs" in warnings[0]
+            assert "\n" not in warnings[0]
+            caplog.clear()
+            set_num_threads(2)
+            assert not caplog.records
+    finally:
+        torch.set_num_threads(previous)

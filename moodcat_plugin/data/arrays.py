@@ -68,12 +68,25 @@ def integer_labels(labels, name: str) -> np.ndarray:
 
 
 NPZ_FORMAT = "'images' uint8 (N, H, W, 3) and 'labels' int (N,)"
+#: How an npz (a zip archive) and an npy file begin; numpy tries anything else as a pickle.
+NUMPY_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")
+
+
+def starts_like_numpy(path: Path) -> bool:
+    """Whether ``path`` begins as an npz archive or an npy array does (OSError if unreadable)."""
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    return any(head.startswith(magic) for magic in NUMPY_MAGICS)
 
 
 def read_npz(path: Path, name: str) -> ImageArray:
     """Read ``images``/``labels`` from an npz file of the data pack; every problem with the file
     (truncated, corrupt, wrong arrays) is a one-line DataError naming it."""
     try:
+        if not starts_like_numpy(path):
+            raise DataError(f"{path} is not an npz archive (it begins like neither a zip archive nor a numpy array: "
+                            f"random bytes, another format or a damaged start); copy or re-create the file "
+                            f"(it must hold {NPZ_FORMAT})")
         pack = np.load(path)
         if not isinstance(pack, np.lib.npyio.NpzFile):
             raise DataError(f"{path} is a single .npy array, not an npz archive; a data-pack file holds {NPZ_FORMAT}")

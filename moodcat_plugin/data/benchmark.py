@@ -6,6 +6,7 @@ from in each supported source::
     splits:
       id: {train: SPEC, val: SPEC, test: SPEC}     # required
       ood_val: SPEC                                # required (APS, calibration)
+      ood_val_far: SPEC                            # optional far-OOD validation (variant selection)
       outlier: SPEC                                # optional (OE, UDG, MCD, MOODCAT+ext)
       near: {NAME: SPEC, ...}                      # optional sets, skipped with a warning if absent
       far: {NAME: SPEC, ...}
@@ -13,7 +14,9 @@ from in each supported source::
 where ``SPEC`` maps a source to a location: ``npz: cifar100_test`` (a file of the npz pack in
 the data root), ``imglist: benchmark_imglist/cifar10/test_cifar100.txt`` (OpenOOD layout under
 the data root, images under ``images_classic/``, decoded once into ``.moodcat_cache/`` there:
-:mod:`moodcat_plugin.data.cache`) or ``demo: digits_6to9`` (embedded demo).
+:mod:`moodcat_plugin.data.cache`), ``demo: digits_6to9`` (embedded demo) or
+``builtin: digits_and_photos`` (built from scikit-learn's data whatever the data root:
+:data:`moodcat_plugin.data.demo.BUILTIN_SETS`; the CIFAR benchmarks' far-OOD validation set).
 
 Class subsets (open-set recognition, e.g. 6 known / 4 unknown CIFAR-10 classes): the benchmark's
 ``known_classes: [0, 7, 2, ...]`` keeps only those class ids in every ID split and relabels them
@@ -40,7 +43,7 @@ from moodcat_plugin.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 OOD_GROUPS = ("near", "far")
 ID_SPLITS = ("train", "val", "test")
-SOURCES = ("npz", "imglist", "demo")
+SOURCES = ("npz", "imglist", "demo", "builtin")
 SPEC_KEYS = SOURCES + ("classes",)
 GET_DATA_HINT = (
     "Pass --data-root with the npz data pack (files like cifar10_test.npz) or OpenOOD's layout "
@@ -59,6 +62,7 @@ class Benchmark:
     std: List[float]
     id: Dict[str, ImageArray]
     ood_val: ImageArray
+    ood_val_far: Optional[ImageArray] = None
     near: Dict[str, ImageArray] = field(default_factory=dict)
     far: Dict[str, ImageArray] = field(default_factory=dict)
     outlier: Optional[ImageArray] = None
@@ -107,7 +111,10 @@ class _Reader:
         benchmark's image size; a missing optional set is skipped (None) with a warning.
         ``classes`` (default: the SPEC's own ``classes``) keeps only those class ids."""
         classes = spec.get("classes") if classes is None else classes
-        if self.source == "demo":
+        if spec.get("builtin") is not None:
+            where = f"builtin set '{spec['builtin']}'"
+            array = _builtin_set(spec["builtin"]).subset(slice(None), name)
+        elif self.source == "demo":
             where = f"demo set '{spec['demo']}'"
             array = self._demo_set(spec["demo"]).subset(slice(None), name)
         else:
@@ -143,6 +150,15 @@ class _Reader:
                             f"the benchmark's image_size is {size} ({size}, {size}, 3); resize the images to "
                             f"{size}x{size} RGB, or fix image_size in the benchmark file")
         return array
+
+
+def _builtin_set(key: str) -> ImageArray:
+    from moodcat_plugin.data.demo import BUILTIN_SETS
+
+    if key not in BUILTIN_SETS:
+        raise DataError(f"the benchmark file names builtin set '{key}', which does not exist; "
+                        f"valid builtin sets: {', '.join(BUILTIN_SETS)}")
+    return BUILTIN_SETS[key]()
 
 
 def select_classes(array: ImageArray, classes: List[int], what: str) -> ImageArray:
@@ -193,6 +209,9 @@ def load_benchmark(spec: Mapping, data_root: Optional[str], progress: bool = Tru
     for array in id_sets.values():
         _check_id_labels(array, spec["num_classes"])
     ood_val = reader.read("OOD validation", "ood_val", splits["ood_val"], True).as_ood()
+    ood_val_far = None
+    if splits.get("ood_val_far"):
+        ood_val_far = reader.read("far-OOD validation", "ood_val_far", splits["ood_val_far"], True).as_ood()
     groups = {group: {} for group in OOD_GROUPS}
     for group in OOD_GROUPS:
         for name, item in (splits.get(group) or {}).items():
@@ -205,7 +224,7 @@ def load_benchmark(spec: Mapping, data_root: Optional[str], progress: bool = Tru
     return Benchmark(
         name=spec["name"], num_classes=spec["num_classes"],
         mean=list(spec["normalization"]["mean"]), std=list(spec["normalization"]["std"]),
-        id=id_sets, ood_val=ood_val, near=groups["near"], far=groups["far"],
+        id=id_sets, ood_val=ood_val, ood_val_far=ood_val_far, near=groups["near"], far=groups["far"],
         outlier=outlier, missing=reader.missing,
     )
 
@@ -222,7 +241,7 @@ def _check_splits(splits, benchmark: str) -> None:
     if missing:
         raise ConfigError(f"{where} is missing required key(s): {', '.join(missing)}")
     named = {f"splits.id.{k}": v for k, v in splits["id"].items()}
-    named.update({f"splits.{k}": splits[k] for k in ("ood_val", "outlier") if splits.get(k)})
+    named.update({f"splits.{k}": splits[k] for k in ("ood_val", "ood_val_far", "outlier") if splits.get(k)})
     for group in OOD_GROUPS:
         sets = splits.get(group) or {}
         if not isinstance(sets, Mapping):
@@ -237,6 +256,8 @@ def _check_splits(splits, benchmark: str) -> None:
 def _all_specs(splits: Mapping):
     yield from splits["id"].values()
     yield splits["ood_val"]
+    if splits.get("ood_val_far"):
+        yield splits["ood_val_far"]
     if splits.get("outlier"):
         yield splits["outlier"]
     for group in OOD_GROUPS:

@@ -8,10 +8,15 @@
 - Outlier / unlabeled training data: patches of the other photograph, 'china.jpg', so no
   evaluation image is ever trained on.
 No file is downloaded; everything is deterministic for a given seed.
+
+The same two sources also give the CIFAR benchmarks a far-OOD VALIDATION set (issue 27,
+``splits.ood_val_far: {builtin: digits_and_photos}``, :func:`build_far_validation`): none of their
+test sets (CIFAR, Tiny ImageNet, MNIST, SVHN, Texture, Places365) holds scikit-learn's 8x8 UCI
+digits or its two sample photographs.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict
 
 import numpy as np
 import torch
@@ -68,3 +73,27 @@ def build_demo_sets(seed: int = 0) -> Dict[str, ImageArray]:
         "china_patches": ImageArray("china_patches", _photo_patches(china, 800, rng), np.full(800, -1)),
     }
     return sets
+
+
+FAR_VALIDATION_DIGITS = 500
+FAR_VALIDATION_PATCHES = 250  # per photograph
+FAR_VALIDATION_SEED = 27
+
+
+def build_far_validation(seed: int = FAR_VALIDATION_SEED) -> ImageArray:
+    """Far-OOD validation images (uint8 (1000, 32, 32, 3), labels -1): 500 of scikit-learn's digits
+    upscaled to 32x32 grey RGB (all classes), 250 patches of each sample photograph ('china.jpg',
+    'flower.jpg', shrunk by 4). Fixed by the seed, no download."""
+    from sklearn.datasets import load_digits, load_sample_images
+
+    rng = np.random.default_rng(seed)
+    digits = load_digits().images
+    chosen = np.sort(rng.choice(len(digits), FAR_VALIDATION_DIGITS, replace=False))
+    china, flower = load_sample_images().images
+    images = np.concatenate([_digits_to_rgb32(digits[chosen]), _photo_patches(china, FAR_VALIDATION_PATCHES, rng),
+                             _photo_patches(flower, FAR_VALIDATION_PATCHES, rng)])
+    return ImageArray("digits_and_photos", images, np.full(len(images), -1, dtype=np.int64))
+
+
+#: Sets a benchmark file can name as ``builtin: NAME`` (built from scikit-learn's data, any data root).
+BUILTIN_SETS: Dict[str, Callable[[], ImageArray]] = {"digits_and_photos": build_far_validation}

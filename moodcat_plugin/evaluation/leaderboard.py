@@ -105,7 +105,8 @@ def _metric_key(metric: str, convention: str) -> str:
     return f"FPR@95_{convention}" if metric == "FPR@95" else metric
 
 
-def _columns(rows: List[dict]) -> Dict[str, List[str]]:
+def table_columns(rows: List[dict]) -> Dict[str, List[str]]:
+    """The OOD set names of every row by group (``near``, ``far``), in first-seen order."""
     columns: Dict[str, List[str]] = {"near": [], "far": []}
     for row in rows:
         for name, values in row["datasets"].items():
@@ -128,9 +129,14 @@ def table_values(row: dict, metric: str, convention: str, columns: Dict[str, Lis
     return values
 
 
+def markdown_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (a ``|`` would end the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def render_markdown(rows: List[dict], benchmark: str, convention: str, missing: List[str],
                     skipped: List[str] = ()) -> str:
-    columns = _columns(rows)
+    columns = table_columns(rows)
     ordered = columns["near"] + ["near mean"] + columns["far"] + ["far mean"]
     lines = [f"# Leaderboard: {benchmark}", "",
              f"FPR@95 column convention: **{FPR_CONVENTIONS[convention]}**. AUPR-In/Out: **OpenOOD's "
@@ -146,7 +152,8 @@ def render_markdown(rows: List[dict], benchmark: str, convention: str, missing: 
             present = [v[0] for v in (t[column] for t in table.values()) if v is not None]
             if present:
                 best[column] = min(present) if metric in LOWER_IS_BETTER else max(present)
-        lines += [f"## {title}", "", "| method | outlier data | ID acc | " + " | ".join(ordered) + " |",
+        header = " | ".join(map(markdown_cell, ordered))
+        lines += [f"## {title}", "", f"| method | outlier data | ID acc | {header} |",
                   "|---" * (len(ordered) + 3) + "|"]
         for row in rows:
             cells = []
@@ -158,7 +165,8 @@ def render_markdown(rows: List[dict], benchmark: str, convention: str, missing: 
                 text = f"{value[0]:.2f}" + (f" ± {value[1]:.2f}" if value[1] is not None else "")
                 cells.append(f"**{text}**" if np.isclose(value[0], best[column]) and len(rows) > 1 else text)
             outlier = "yes" if row["outlier_data"] else "no"
-            lines.append(f"| {row['method']} | {outlier} | {100 * row['acc']:.2f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {markdown_cell(row['method'])} | {outlier} | {100 * row['acc']:.2f} | "
+                         + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines + method_notes(rows))
 
@@ -181,7 +189,7 @@ def method_notes(rows: List[dict]) -> List[str]:
 
 
 def render_csv(rows: List[dict], convention: str) -> str:
-    columns = _columns(rows)
+    columns = table_columns(rows)
     ordered = columns["near"] + ["near mean"] + columns["far"] + ["far mean"]
     header = ["method", "outlier_data", "id_acc"]
     header += [f"{metric}/{column}" for metric in METRICS for column in ordered]

@@ -222,3 +222,28 @@ def apply_mask(x: torch.Tensor, style: str = "random_rectangle",
     if style == "shuffle":
         return shuffle_patches(x, patch_size=patch_size, generator=generator, shard=shard)
     raise ValueError(f"unknown mask style '{style}'; valid styles: {', '.join(VALID_STYLES)}")
+
+
+def heatmap_rectangle_mask(x: torch.Tensor, heatmap: torch.Tensor, area: Tuple[float, float] = TEST_AREA,
+                           ratio: Tuple[float, float] = ASPECT_RATIO, fill: float = 0.0,
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Erase one rectangle per image, centred where ``heatmap`` is high (issue 27: DiffGuard
+    restricts the label's influence to the classifier's Grad-CAM region; we mask that region).
+
+    x ``[B,C,H,W]`` in [-1,1], heatmap ``[B,h,w]`` >= 0 (any resolution, e.g. a class activation
+    map; upsampled bilinearly to H x W) -> masked copy. Sizes as ``random_rectangle`` (area
+    fraction in ``area``, aspect ratio in ``ratio``); the centre pixel is drawn with probability
+    proportional to the heatmap (uniform where a heatmap is all zero), the box clipped to the image.
+    """
+    batch, _, height, width = x.shape
+    box_h, box_w = sample_rectangle_sizes(batch, height, width, area, ratio, generator, x.device)
+    weights = torch.nn.functional.interpolate(heatmap[:, None].float().clamp_min(0), size=(height, width),
+                                              mode="bilinear", align_corners=False).flatten(1).double()
+    weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, torch.ones_like(weights))
+    cumulative = (weights / weights.sum(1, keepdim=True)).cumsum(1)
+    draw = _uniform((batch, 1), generator, x.device)
+    centre = torch.searchsorted(cumulative.contiguous(), draw).squeeze(1).clamp_max(height * width - 1)
+    rows, cols = centre // width, centre % width
+    top = (rows - box_h // 2).clamp(min=0).minimum(height - box_h)
+    left = (cols - box_w // 2).clamp(min=0).minimum(width - box_w)
+    return fill_mask(x, box_mask(height, width, top, left, box_h, box_w), fill)

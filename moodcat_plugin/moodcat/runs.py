@@ -166,12 +166,13 @@ def train_loader(config, benchmark, id_loader_dict, section, seed: int, part: st
                        device=device, shard=distributed.shard())
 
 
-def fit_run(config, trainer, name: str, key: dict, description: str) -> dict:
-    """Train (or load) the run ``name`` keyed by ``key``; returns its summary for ``training_info``
+def fit_run(config, trainer, name: str, key: dict, description: str, section: str) -> dict:
+    """Train (or load) the run ``name`` keyed by ``key`` (its settings: the method's ``section``,
+    ``gan`` or ``cb``, named in error hints); returns its summary for ``training_info``
     (folder, cached, last epoch's loss / train_acc / val_acc)."""
     folder = run_folder(config, f"{config.dataset.name}-{name}", key)
     result = fit(trainer, folder, progress=bool(config.get("progress", True)), key=key,
-                 description=description)
+                 description=description, settings=f"postprocessors.<method>.{section}")
     info = {"folder": str(folder), "cached": result["cached"]}
     last = (result.get("history") or [{}])[-1]
     info.update({k: v for k, v in last.items() if k in ("loss", "train_acc", "val_acc")})
@@ -198,7 +199,8 @@ def gan_trainer(config, benchmark, net, id_loader_dict, device):
 def train_gan(config, benchmark, net, id_loader_dict, device):
     """(frozen generator, its cache key, its ``training_info`` entry), trained or from the cache."""
     gan, trainer, key = gan_trainer(config, benchmark, net, id_loader_dict, device)
-    info = fit_run(config, trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)")
+    info = fit_run(config, trainer, "moodcat_gan", key, "MOODCAT generator (encoder + decoder + U-Net discriminator)",
+                   "gan")
     return gan.eval().requires_grad_(False), key, info
 
 
@@ -250,5 +252,6 @@ def train_cb(config, benchmark, variant: str, net, id_loader_dict, gan, gan_key:
                                         unlabeled_loader=unlabeled, val_loader=id_loader_dict.get("val"),
                                         classifier=net if cfg.cb.get("synthetic_negatives") else None)
     what = "with pseudo-labelled outliers" if variant == "cb_ext" else "on ID pairs"
-    info = fit_run(cfg, trainer, f"moodcat_{variant}", key, f"MOODCAT {variant} (conditional binary classifier, {what})")
+    info = fit_run(cfg, trainer, f"moodcat_{variant}", key, f"MOODCAT {variant} (conditional binary classifier, {what})",
+                   "cb")
     return cb.eval().requires_grad_(False), info

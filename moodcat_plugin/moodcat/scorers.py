@@ -13,6 +13,9 @@ synthesis ``x_synth`` (both ``[B,3,32,32]`` in [-1,1]) and the conditioning labe
   ``classifier(x, return_feature_list=True)`` unit-normalised over channels, squared difference
   between x and x', averaged over space and layers (uniform weights: no learned heads), >= 0.
   Needs no downloaded weights; the classifier is read, never trained.
+* ``logit_l1`` / ``feature_l1`` (:class:`ClassifierOutputDistance`, not in the paper; issue 27) --
+  DiffGuard's L1 distance between the deployed classifier's logits on x and x', and DiffNB's L1
+  distance between its L2-normalised penultimate features, >= 0. No weights to fetch.
 * ``ebo`` (:func:`logit_distance`) -- not MOODCAT: the classifier's free energy, for the cascade
   "MOODCAT then a logit score" that the leaderboard reports as its own row.
 
@@ -43,7 +46,7 @@ from moodcat_plugin.errors import ConfigError, MissingWeightsError
 IQA_SCORERS = ("lpips", "dists")
 CB_SCORERS = ("cb", "cb_ext")
 LOGIT_SCORERS = ("ebo",)  # classifier scores for cascade rows that name them (not MOODCAT alone)
-FEATURE_SCORERS = ("classifier_lpips",)  # distances in the frozen classifier's feature space (no weights to fetch)
+FEATURE_SCORERS = ("classifier_lpips", "logit_l1", "feature_l1")  # distances in the frozen classifier's feature space (no weights to fetch)
 LPIPS_TRUNKS = ("vgg", "alex")
 # How to drop the IQA scorers with our CLI (the default); inside OpenOOD the bridge passes its own.
 DROP_HINT = ("--set postprocessors.moodcat.postprocessor.postprocessor_args.scorers=[cb] "
@@ -162,21 +165,60 @@ def logit_distance(name: str, logits: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(logits.float(), dim=1)
 
 
-class ClassifierLPIPS(nn.Module):
-    """Perceptual distance in the frozen classifier's feature space (see module doc), >= 0."""
+def logit_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """DiffGuard's score: L1 distance between logit vectors ``[..., C]`` -> ``[...]``, >= 0."""
+    return (a - b).abs().sum(-1)
 
-    def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float]):
+
+def feature_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """DiffNB's score: L1 distance between L2-normalised feature vectors ``[..., D]`` -> ``[...]``,
+    in [0, 2 sqrt(D)]."""
+    unit = lambda t: t / (t.norm(dim=-1, keepdim=True) + 1e-8)  # noqa: E731
+    return (unit(a) - unit(b)).abs().sum(-1)
+
+
+class _FrozenClassifierDistance(nn.Module):
+    """Base of the distances read in the deployed classifier's space: it is read, never trained."""
+
+    def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float], name: str):
         super().__init__()
-        self.name = "classifier_lpips"
+        self.name = name
         self.__dict__["classifier"] = classifier  # read-only, not a submodule: never saved or trained
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, x_synth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def classifier_input(self, x: torch.Tensor, x_synth: torch.Tensor) -> torch.Tensor:
+        """x then x' (``[2B,3,H,W]``), from [-1,1] to the classifier's normalisation."""
         self.classifier.eval()
         images = (torch.cat([x, x_synth]) + 1.0) * 0.5
-        _, maps = self.classifier((images - self.mean) / self.std, return_feature_list=True)
+        return (images - self.mean) / self.std
+
+
+class ClassifierOutputDistance(_FrozenClassifierDistance):
+    """``logit_l1`` or ``feature_l1`` between the frozen classifier's outputs on x and x', >= 0."""
+
+    def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float], name: str):
+        if name not in ("logit_l1", "feature_l1"):
+            raise ConfigError(f"unknown classifier-output distance '{name}'; valid: logit_l1, feature_l1")
+        super().__init__(classifier, mean, std, name)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, x_synth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, feature = self.classifier(self.classifier_input(x, x_synth), return_feature=True)
+        output = (logits if self.name == "logit_l1" else feature).float()
+        distance = logit_l1 if self.name == "logit_l1" else feature_l1
+        return distance(output[: len(x)], output[len(x):])
+
+
+class ClassifierLPIPS(_FrozenClassifierDistance):
+    """Perceptual distance in the frozen classifier's feature space (see module doc), >= 0."""
+
+    def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__(classifier, mean, std, "classifier_lpips")
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, x_synth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, maps = self.classifier(self.classifier_input(x, x_synth), return_feature_list=True)
         total = torch.zeros(len(x), device=x.device)
         for feature in maps:
             unit = feature.float() / (feature.float().norm(dim=1, keepdim=True) + 1e-10)

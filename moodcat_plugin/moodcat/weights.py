@@ -28,12 +28,12 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from moodcat_plugin.errors import CheckpointError, UserError
-from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint
-from moodcat_plugin.errors import ConfigError
+from moodcat_plugin.errors import CheckpointError, ConfigError, UserError
 from moodcat_plugin.moodcat.runs import cb_network_name
 from moodcat_plugin.registry import NETWORKS
-from moodcat_plugin.utils import load_state_dict_strict
+from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, load_checkpoint, load_state_dict_strict
+
+log = logging.getLogger(__name__)
 
 FORMAT = "moodcat-weights/1"
 MANIFEST = "MANIFEST.json"
@@ -70,7 +70,13 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text())
     except ValueError as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc}); restore it (git checkout -- {path})") from exc
-    manifest.setdefault("files", {})
+    if isinstance(manifest, dict):
+        manifest.setdefault("files", {})
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) and isinstance(entry.get("sha256", ""), str)
+                                              for entry in files.values()):
+        raise CheckpointError(f"{path} is malformed (expected {{\"files\": {{name: {{\"sha256\": ...}}}}}}); "
+                              f"restore it (git checkout -- {path}) or {EXPORT_FIX}")
     return manifest
 
 
@@ -99,10 +105,37 @@ def load_weights(path: Path | str) -> dict:
     path = Path(path)
     verify(path)
     content = load_checkpoint(path)
-    if content.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a MOODCAT weights file (format {content.get('format')!r}, expected "
+    found = content.get("format") if isinstance(content, dict) else None
+    if found != FORMAT:
+        raise CheckpointError(f"{path} is not a MOODCAT weights file (format {found!r}, expected "
                               f"{FORMAT!r}); {EXPORT_FIX}")
+    problem = layout_problem(content)
+    if problem:
+        raise CheckpointError(f"{path} is a malformed MOODCAT weights file ({problem}); {EXPORT_FIX}")
     return content
+
+
+#: The keys of a weights file and their types (``modules``: part name -> state dict).
+LAYOUT = {"benchmark": str, "num_classes": int, "gan_network": dict, "modules": dict, "provenance": dict}
+
+
+def layout_problem(content: dict) -> Optional[str]:
+    """What is wrong with a weights file's contents (None when nothing): a key missing or of the
+    wrong type, a generator part missing, a module that is not a mapping of tensors."""
+    for key, kind in LAYOUT.items():
+        if not isinstance(content.get(key), kind):
+            found = "missing" if key not in content else type(content[key]).__name__
+            return f"'{key}' is {found}, not a {kind.__name__}"
+    modules = content["modules"]
+    missing = [part for part in GAN_PARTS if part not in modules]
+    if missing:
+        return f"no {', '.join(missing)} in 'modules'"
+    for name, state in modules.items():
+        if not isinstance(state, dict) or not all(torch.is_tensor(t) for t in state.values()):
+            return f"module '{name}' is not a state dict of tensors"
+    if "cb" in modules and not isinstance(content.get("cb_network"), dict):
+        return "a Cb without its 'cb_network' section"
+    return None
 
 
 def half(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -268,9 +301,6 @@ def export_weights(gan: Path | str, out: Path | str, cb: Optional[Path | str] = 
 
 
 # -- scoring with a weights file (the ``pretrained:`` section) -----------------------------------
-log = logging.getLogger(__name__)
-
-
 def checked_pretrained(config, num_classes: int, use_ema: bool) -> Optional[dict]:
     """The verified contents of the run's ``pretrained.file`` (None without one), plus its
     ``path`` and ``sha256``; one-line errors for a missing, damaged or unlisted file, another

@@ -89,6 +89,14 @@ class ResNet18_32x32(nn.Module):
             return logits, feature_list
         return logits
 
+    def get_fc(self):
+        """(weight (C, D), bias (C,)) of ``fc`` as numpy arrays: the accessor OpenOOD's ViM, DICE and
+        its ReactNet/ASHNet/ScaleNet wrappers call."""
+        return self.fc.weight.detach().cpu().numpy(), self.fc.bias.detach().cpu().numpy()
+
+    def get_fc_layer(self) -> nn.Linear:
+        return self.fc
+
 
 def forward_with_extra_head(backbone: ResNet18_32x32, extra_head: nn.Module, x: torch.Tensor, return_extra: bool,
                             return_feature: bool, return_feature_list: bool):

@@ -198,8 +198,3 @@ def _present(cfg, spec: Mapping) -> bool:
     """Whether an optional OOD set's npz file is in the data folder (missing sets are skipped)."""
     root = cfg.get("data_root")
     return not (root and spec.get("npz")) or (Path(root).expanduser() / f"{spec['npz']}.npz").is_file()
-
-
-def sources_text(model: CostModel) -> List[str]:
-    """'unit: value (source)' lines for PAPER.md and --list."""
-    return [f"{name} = {model.units[name]}: {source}" for name, source in model.sources.items()]

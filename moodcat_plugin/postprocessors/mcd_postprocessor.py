@@ -24,7 +24,7 @@ def head_discrepancy(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tens
 class MCDPostprocessor(BasePostprocessor):
     """conf = -L1(softmax head 1, softmax head 2); pred from head 1."""
 
-    uses_logits_only = False
+    needs = "forward"
 
     @torch.no_grad()
     def postprocess(self, net, data: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -69,8 +69,8 @@ from moodcat_plugin.moodcat.masking import AREA_RANGE, TEST_AREA, VALID_STYLES
 from moodcat_plugin.moodcat.protocols import condition_labels, label_generator
 from moodcat_plugin.moodcat.runs import PAPER_CB
 from moodcat_plugin.moodcat.scorers import (CB_SCORERS, DROP_HINT, FEATURE_SCORERS, IQA_SCORERS, LOGIT_SCORERS,
-                                            LPIPS_TRUNKS, CbScorer, ClassifierLPIPS, build_iqa_scorer,
-                                            check_cached_weights, logit_distance)
+                                            LPIPS_TRUNKS, CbScorer, ClassifierLPIPS, ClassifierOutputDistance,
+                                            build_iqa_scorer, check_cached_weights, logit_distance)
 from moodcat_plugin.postprocessors.base_postprocessor import BasePostprocessor
 from moodcat_plugin.registry import NETWORKS, TRAINERS, register_postprocessor
 from moodcat_plugin.schema import FLAG, TEXT, Expect, Registered, Schema, check, choice, integer, list_of, optional
@@ -134,7 +134,7 @@ class IqaConfig(Schema):
 class MoodcatPostprocessor(BasePostprocessor):
     """MOODCAT: conf = cascade of calibrated scorers on (x, G(M(x), C(x))); higher = more ID."""
 
-    uses_logits_only = False
+    needs = "forward"
     args_schema = MoodcatArgs
     config_sections = {
         "gan_network": Registered(NETWORKS, default_name="moodcat_gan"),
@@ -270,7 +270,8 @@ class MoodcatPostprocessor(BasePostprocessor):
             if name in CB_SCORERS:
                 module = CbScorer(cbs[name], name)
             elif name in FEATURE_SCORERS:
-                module = ClassifierLPIPS(net, self.mean, self.std)
+                module = (ClassifierLPIPS(net, self.mean, self.std) if name == "classifier_lpips" else
+                          ClassifierOutputDistance(net, self.mean, self.std, name))
             else:
                 module = build_iqa_scorer(name, self.iqa_cfg)
             modules[name] = module.to(self.device).eval()

@@ -62,6 +62,8 @@ class BaseTrainer:
     config_schema = TrainerConfig
     #: Trains correctly across processes (sharded streams, global-batch draws, DDP, SyncBatchNorm).
     supports_distributed = False
+    #: The section's learning-rate keys, named by the hint when training diverges.
+    learning_rate_keys = ("lr",)
 
     def __init__(self, net: nn.Module, train_loader, config):
         self.net = net

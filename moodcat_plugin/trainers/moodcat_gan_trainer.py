@@ -67,7 +67,7 @@ from moodcat_plugin.schema import FLAG, choice, integer, number, optional
 from moodcat_plugin.trainers.base_trainer import ADAM_BETAS, StepTrainer, StepTrainerConfig, batch_to
 from moodcat_plugin.trainers.speed import (AMP, SPEED_DEFAULTS, SPEED_NEUTRAL, GradScalerCheckpoint,
                                            MixedPrecision, adam)
-from moodcat_plugin.training import TrainingDivergedError
+from moodcat_plugin.training import NonFiniteError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
     """Trains ``MoodcatGAN`` (encoder, decoder, U-Net discriminator, EMA decoder); see module doc."""
 
     config_schema = MoodcatGANConfig
+    learning_rate_keys = ("lr_g", "lr_d")
     #: settings left out of the cache key at these values (see training.run_identity)
     neutral_settings = {"class_consistency_weight": 0.0, "holdout_for_cb": 0.0, "mask_style": "random_rectangle",
                         "cutmix_consistency": "detached",
@@ -335,6 +336,8 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
         with self.precision.autocast():
             fake, mu, logvar = self.generator(masked, y, self.latent_noise(len(x)))
         fake, mu, logvar = (self.precision.full(t) for t in (fake, mu, logvar))
+        if not torch.isfinite(fake).all():  # piq's SSIM would assert on it
+            raise NonFiniteError(f"the generator's output holds NaN or inf at step {self.step + 1}")
 
         use_cutmix = bool(torch.rand(()) < self.cutmix_probability(epoch_idx))
         d_losses = self.discriminator_loss(x, fake.detach(), y, use_cutmix)
@@ -384,7 +387,7 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
                     self._sample_batch = self.fixed_sample_batch(x, y)
                 row = self.train_step(x, y, epoch_idx)
                 if writer is not None:
-                    writer.writerow([row[c] for c in LOSS_COLUMNS])
+                    writer.writerow([row[c] for c in self.loss_columns()])
                 self.log_tensorboard(row)
                 self.maybe_save_samples()
                 for key in EPOCH_MEANS:
@@ -395,9 +398,14 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
         return self.net, {"epoch_idx": epoch_idx, "loss": means["g_loss"], **means, "step": self.step}
 
     # -- logging -------------------------------------------------------------------------------
+    def loss_columns(self) -> Tuple[str, ...]:
+        """Columns of ``losses.csv`` (and TensorBoard scalars after the first two): the class-consistency
+        loss too when it is trained (``class_consistency_weight`` > 0)."""
+        return LOSS_COLUMNS + (("class_consistency",) if self.classifier is not None else ())
+
     def loss_log(self):
         """Context manager yielding a csv writer appending to ``run_dir/losses.csv`` (or None)."""
-        return _LossLog(self.run_dir / "losses.csv" if self.run_dir else None, self.step)
+        return _LossLog(self.run_dir / "losses.csv" if self.run_dir else None, self.step, self.loss_columns())
 
     def tensorboard(self):
         if self._tb_tried or self.run_dir is None:
@@ -416,7 +424,7 @@ class MoodcatGANTrainer(GradScalerCheckpoint, StepTrainer):
             return
         writer = self.tensorboard()
         if writer is not None:
-            for key in LOSS_COLUMNS[2:]:
+            for key in self.loss_columns()[2:]:
                 writer.add_scalar(f"moodcat_gan/{key}", row[key], self.step)
             writer.flush()
 
@@ -444,8 +452,8 @@ class _LossLog:
     """Appends rows to a loss CSV, writing the header once and dropping rows past ``step``
     (left behind by an interrupted epoch that is being redone after a resume)."""
 
-    def __init__(self, path: Optional[Path], step: int):
-        self.path, self.step, self.file = path, step, None
+    def __init__(self, path: Optional[Path], step: int, columns: Tuple[str, ...] = LOSS_COLUMNS):
+        self.path, self.step, self.columns, self.file = path, step, columns, None
 
     def __enter__(self):
         if self.path is None:
@@ -462,7 +470,7 @@ class _LossLog:
         self.file = open(self.path, "a", newline="")
         writer = csv.writer(self.file)
         if new_file:
-            writer.writerow(LOSS_COLUMNS)
+            writer.writerow(self.columns)
         return writer
 
     def __exit__(self, *exc):
