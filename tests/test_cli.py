@@ -48,7 +48,7 @@ def test_cli_missing_data_root(tmp_path, capsys):
 def test_cli_list_and_help(capsys):
     assert main(["--list"]) == 0
     listed = capsys.readouterr().out
-    assert "method configs:" in listed and "msp" in listed and "moodcat" in listed
+    assert "method configs" in listed and "msp" in listed and "moodcat" in listed
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
