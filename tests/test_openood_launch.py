@@ -13,9 +13,19 @@ overrides only to keys some file defines, as OpenOOD's does), ``openood.postproc
 pipeline) and ``openood.evaluation_api.postprocessor.postprocessors``, and a ``test_ood`` pipeline
 that builds a seeded linear classifier, random-tensor loaders, calls ``get_postprocessor(config)``,
 ``setup`` and ``inference``, and writes AUROC and what it ran to ``<output_dir>/result.json``.
-Checked in a scratch clone of OpenOOD (Jingkang50/OpenOOD 3c35632, not part of this test): its real
-``setup_config`` loads OpenOOD's cifar10 test_ood files plus the launcher-resolved moodcat.yml and
-profile file, ``--profile tiny`` overrides it, and the bridge maps it (2 GAN steps; default cpu: 200).
+Checked once by hand against the REAL OpenOOD (not part of this test; Jingkang50/OpenOOD 3c35632
+cloned to a scratch folder, its missing deps pip-installed in a scratch venv: pandas,
+opencv-python-headless, diffdist, imgaug, statsmodels, timm, foolbox, json5; scratch-only shims:
+``np.sctypes`` for imgaug on NumPy 2, an empty ``libmr`` (OpenMax only), ``.cuda()`` as a no-op
+because its main.py pipelines call it unconditionally and that machine has no GPU). Its real
+``setup_config`` loads its cifar10 test_ood files plus the launcher-resolved moodcat.yml and profile
+file, ``--profile tiny`` overrides it and the bridge maps it (2 GAN steps; default cpu: 200). Then
+``python -m moodcat_plugin.openood_launch --config <256/64/128-image CIFAR-10 train/val/test and
+128 TIN imglists> configs/networks/resnet18_32x32.yml configs/pipelines/test/test_ood.yml
+configs/preprocessors/base_preprocessor.yml configs/postprocessors/moodcat.yml --network.pretrained
+True --network.checkpoint <seeded random ResNet-18> --num_workers 0 --profile tiny`` ran OpenOOD's
+main.py, TestOODPipeline and evaluator to "Completed!" with MOODCAT (ood.csv written, experiment
+folder ``..._ood_moodcat_default``), 33.7 s wall on the shared 2-core CPU, 2026-12-05.
 """
 from __future__ import annotations
 
