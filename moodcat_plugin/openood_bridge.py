@@ -17,7 +17,7 @@ Modules imported later get the wrapper from the package. Calling it again change
     from moodcat_plugin.openood_bridge import register_into_openood
     register_into_openood()
     # copy configs/postprocessors/moodcat.yml (this package) into OpenOOD's
-    # <config_root>/postprocessors/, optionally with a top-level `profile: cpu` (default gpu)
+    # <config_root>/postprocessors/, optionally with a top-level `profile: gpu` (default cpu)
     evaluator = Evaluator(net, id_name="cifar10", postprocessor_name="moodcat", ...)
     # or, in a script that then runs OpenOOD's main.py pipeline with --config ... moodcat.yml:
     pipeline = get_pipeline(config); pipeline.run()
@@ -28,7 +28,7 @@ LPIPS/DISTS weights the error says to set ``postprocessor.postprocessor_args.sco
 OpenOOD config (our CLI's ``--set`` does not exist there).
 
 What the wrapper maps (OpenOOD's config holds only the method file plus ``dataset.name``):
-``profiles`` -> the profile named by a top-level ``profile`` key (default ``gpu``);
+``profiles`` -> the profile named by a top-level ``profile`` key (default ``cpu``);
 normalisation -> OpenOOD's CIFAR-10/100 values unless ``dataset.normalization`` is given; number
 of classes -> the classifier's output width (one forward pass in ``setup``); device -> CUDA when
 available; ``output_dir`` (GAN/Cb caches, grids) -> ``./results/moodcat`` unless set. Without our
@@ -49,7 +49,7 @@ import torch
 from moodcat_plugin.config import Config, merge, plain_data
 from moodcat_plugin.errors import ConfigError, UserError
 
-DEFAULT_PROFILE = "gpu"
+DEFAULT_PROFILE = "cpu"  # no `profile` key: the 2-CPU-core schedule, never paper-scale training unasked
 DEFAULT_OUTPUT_DIR = "./results/moodcat"
 # OpenOOD v1.5's normalisation of the 32x32 benchmarks (openood/preprocessors/transform.py).
 OPENOOD_NORMALIZATION = {
