@@ -115,6 +115,17 @@ def _ood_groups(ood_loader_dict: Mapping) -> dict:
     return mapped
 
 
+def openood_set_name(data_loader) -> str:
+    """A stable name for the set behind an OpenOOD loader: its image list's path (OpenOOD's
+    ``ImglistDataset.imglist_pth``), else the dataset's ``name``, else its class name and length."""
+    dataset = getattr(data_loader, "dataset", None)
+    for attribute in ("imglist_pth", "name"):
+        value = getattr(dataset, attribute, None)
+        if value:
+            return str(value)
+    return f"{type(dataset).__name__}-{len(dataset) if hasattr(dataset, '__len__') else 0}"
+
+
 def _make_wrapper_class(base: type) -> type:
     from moodcat_plugin.postprocessors.moodcat_postprocessor import MoodcatPostprocessor
 
@@ -139,6 +150,7 @@ def _make_wrapper_class(base: type) -> type:
             return MoodcatPostprocessor(self.plugin_config, drop_scorers_hint=OPENOOD_DROP_HINT)
 
         def setup(self, net, id_loader_dict, ood_loader_dict):
+            self.id_loaders = list(id_loader_dict.values())
             if self.inner is None:
                 dataset = self.plugin_config.dataset
                 dataset.num_classes = infer_num_classes(net, id_loader_dict, torch.device(self.plugin_config.device))
@@ -156,7 +168,12 @@ def _make_wrapper_class(base: type) -> type:
             return inner.postprocess(net, data.to(inner.device))
 
         def inference(self, net, data_loader, progress: bool = True):
-            return self._ready().inference(net, data_loader, progress)
+            """OpenOOD scores one set per call: restart the per-image mask draws for that set (named
+            by its image list), so a set scores the same whatever OpenOOD scored before it."""
+            inner = self._ready()
+            is_id = any(data_loader is loader for loader in getattr(self, "id_loaders", []))
+            inner.start_set(openood_set_name(data_loader), is_id=is_id)
+            return inner.inference(net, data_loader, progress)
 
         def set_hyperparam(self, hyperparam: list):
             if self.inner is not None:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import types
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -201,6 +202,10 @@ def test_register_and_run_through_the_openood_contract(fake_openood, tmp_path):
     assert set(post.inner.last_components) == {"cb", "lpips"}
     pred_all, conf_all, labels = post.inference(net, ood_loaders["farood"]["flower_patches"], progress=False)
     assert pred_all.shape == conf_all.shape == labels.shape == (16,)
+    # a set scores the same whatever OpenOOD scored before it (masks drawn per set and image)
+    post.inference(net, id_loaders["test"], progress=False)
+    _, conf_again, _ = post.inference(net, ood_loaders["farood"]["flower_patches"], progress=False)
+    assert np.array_equal(conf_all, conf_again)
     assert (tmp_path / "out" / "demo" / "moodcat_grids" / "flower_patches.png").is_file()  # farood -> far
 
     plugin = to_plugin_config({"postprocessor": {"name": "moodcat"}, "dataset": {"name": "cifar10"}})
