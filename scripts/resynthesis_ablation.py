@@ -12,6 +12,12 @@ AUROC and FPR@95 (OOD positive) and the extra scoring seconds per 1,000 images. 
 same images are rows too. Labels are always the classifier's predictions.
 
     python scripts/resynthesis_ablation.py -b cifar10 --pretrained weights/moodcat_cifar10.pt --output-dir results
+
+Without ``--pretrained`` the generator is the config's (trained, or taken from the checkpoint
+cache): e.g. the class-consistency generator with
+``--set postprocessors.moodcat.gan.class_consistency_weight=1.0``. Only the generator is trained
+(no Cb). The readouts folder records which classifier and generator it holds (``identity.json``);
+reading into a folder made with another one is refused.
 """
 from __future__ import annotations
 
@@ -31,10 +37,13 @@ from moodcat_plugin.data import make_loader
 from moodcat_plugin.errors import UserError
 from moodcat_plugin.evaluation.metrics import ood_metrics
 from moodcat_plugin.moodcat.diagnostics import SHUFFLE_DROP_MIN, shuffle_drop
+from moodcat_plugin.moodcat import runs
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.resynthesis import (MASK_FAMILIES, concat_readouts, ebo_distance, label_effect_of,
                                                 read_synthesis, shuffled_synthesis, variant_distance)
-from moodcat_plugin.pipeline import Runner, build_config, default_config_root, pretrained_flags
+from moodcat_plugin.pipeline import (Runner, build_config, classifier_run, default_config_root, method_config,
+                                     pretrained_flags)
+from moodcat_plugin.training import run_folder
 from moodcat_plugin.utils import atomic_torch_save, atomic_write_json, atomic_write_text, run_guarded
 
 log = logging.getLogger("resynthesis_ablation")
@@ -49,7 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--benchmark", "-b", default="cifar10")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--ablation", type=Path, default=default_config_root() / "ablations" / "resynthesis.yml")
-    parser.add_argument("--pretrained", required=True, help="generator weights file, e.g. weights/moodcat_cifar10.pt")
+    parser.add_argument("--pretrained", help="generator weights file, e.g. weights/moodcat_cifar10.pt "
+                        "(default: the config's generator, trained or from the checkpoint cache)")
     parser.add_argument("--stage", choices=["read", "table", "all"], default="all")
     parser.add_argument("--per-set", type=int, default=600, help="test images per test set (seeded subset)")
     parser.add_argument("--masks", nargs="+", choices=MASK_FAMILIES, default=list(MASK_FAMILIES),
@@ -64,19 +74,52 @@ def parse_args(argv=None):
     return args
 
 
-def build_runner(args):
-    """(runner, generator, classifier) of the shipped generator and the benchmark's classifier."""
+def build_runner(args, settings: dict):
+    """(runner, generator, classifier, identity): the shipped generator (``--pretrained``) or the
+    config's (trained or cached; no Cb) and the benchmark's classifier. ``identity`` names both
+    and the read ``settings``; it is checked against the readouts folder before anything trains."""
     root = default_config_root()
     flags = {"output_dir": str(args.output_dir / "resynthesis"), "checkpoint_dir": str(args.output_dir / "checkpoints"),
              "data_root": args.data_root, "device": args.device, "progress": False,
-             "postprocessors": pretrained_flags([METHOD], args.pretrained, root)}
+             "postprocessors": pretrained_flags([METHOD], args.pretrained, root) if args.pretrained else None}
     only_generator = f"postprocessors.{METHOD}.postprocessor.postprocessor_args.scorers=[cb]"  # no IQA trunks needed
     config = build_config(args.benchmark, [METHOD], args.profile, overrides=[only_generator, *args.overrides],
                           flags=flags)
     runner = Runner(config)
+    identity = readout_identity(args, method_config(runner.config, METHOD), settings)
+    check_identity(args.output_dir / "resynthesis" / args.benchmark / "readouts", identity)
     post, net, _ = runner.prepare_method(METHOD)
-    post.train(None, runner.evaluator.id_loader_dict)  # loads the file's generator (and Cb), trains nothing
-    return runner, post.gan, net
+    if args.pretrained:
+        post.train(None, runner.evaluator.id_loader_dict)  # loads the file's generator (and Cb), trains nothing
+        gan = post.gan
+    else:
+        gan, _, _ = runs.train_gan(post.config, post.benchmark, net, runner.evaluator.id_loader_dict, post.device)
+    return runner, gan, net, identity
+
+
+def readout_identity(args, cfg, settings: dict) -> dict:
+    """What the readouts depend on: classifier and generator run folders (or the weights file),
+    test subset size and read settings."""
+    generator = ({"pretrained": str(args.pretrained)} if args.pretrained else
+                 {"run": run_folder(cfg, f"{args.benchmark}-moodcat_gan", runs.gan_run_key(cfg)).name})
+    return {"benchmark": args.benchmark, "classifier": classifier_run(cfg)[1].name, "generator": generator,
+            "per_set": args.per_set, "read": settings}
+
+
+def check_identity(folder: Path, identity: dict) -> None:
+    """Record which classifier and generator ``folder``'s readouts come from; refuse to mix."""
+    path = folder / "identity.json"
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != identity:
+            differ = ", ".join(f"{k} {recorded.get(k)} (now {v})" for k, v in identity.items() if recorded.get(k) != v)
+            raise UserError(f"{folder} holds readouts of another classifier or generator: {differ}; "
+                            "use another --output-dir for this one")
+    elif any(folder.glob("*.pt")):
+        raise UserError(f"{folder} holds readouts of an unknown classifier and generator (no identity.json); "
+                        "use another --output-dir")
+    else:
+        atomic_write_json(identity, path)
 
 
 def _subset(array, count: int, name: str):
@@ -100,9 +143,9 @@ def evaluation_sets(runner, per_set: int) -> dict:
 
 
 def read_stage(args, spec) -> None:
-    runner, gan, net = build_runner(args)
-    bench, device = runner.benchmark, runner.config.device
     settings = spec["read"]
+    runner, gan, net, _ = build_runner(args, settings)
+    bench, device = runner.benchmark, runner.config.device
     folder = args.output_dir / "resynthesis" / args.benchmark / "readouts"
     for name, (group, images) in evaluation_sets(runner, args.per_set).items():
         for family in args.masks:
@@ -185,7 +228,8 @@ def score_row(variant: dict, readouts: dict, groups: dict, unit_s: float) -> dic
 
 def table_stage(args, spec) -> str:
     folder = args.output_dir / "resynthesis" / args.benchmark
-    timing = {path.stem: json.loads(path.read_text()) for path in sorted((folder / "readouts").glob("*.json"))}
+    timing = {path.stem: json.loads(path.read_text()) for path in sorted((folder / "readouts").glob("*.json"))
+              if path.stem != "identity"}
     missing = [f"{t['set']}_{family}" for t in timing.values() for family in MASK_FAMILIES
                if f"{t['set']}_{family}" not in timing]
     if not timing or missing:
@@ -206,9 +250,12 @@ def table_stage(args, spec) -> str:
         readouts = {name: _load(folder / "readouts", name, family) for name in names}
         results.append(score_row(variant, readouts, groups, unit_s))
     images = {name: timing[f"{name}_random"]["images"] for name in names}
-    markdown = render(results, images, unit_s, args.benchmark)
+    identity_file = folder / "readouts" / "identity.json"
+    identity = json.loads(identity_file.read_text()) if identity_file.is_file() else None
+    markdown = render(results, images, unit_s, args.benchmark, identity)
     atomic_write_text(markdown, folder / "resynthesis.md")
-    atomic_write_json({"rows": results, "images": images, "seconds_per_synthesis": unit_s}, folder / "resynthesis.json")
+    atomic_write_json({"rows": results, "images": images, "seconds_per_synthesis": unit_s, "identity": identity},
+                      folder / "resynthesis.json")
     return markdown
 
 
@@ -216,9 +263,12 @@ def _num(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render(results, images, unit_s, benchmark) -> str:
+def render(results, images, unit_s, benchmark, identity=None) -> str:
     sizes = ", ".join(f"{name} {count}" for name, count in images.items())
+    made_by = ("Readouts of an unrecorded classifier and generator." if identity is None else
+               f"Classifier run {identity['classifier']}; generator {json.dumps(identity['generator'])}.")
     lines = [f"# Training-free re-synthesis scores, {benchmark}, deployable protocol (label = classifier prediction)", "",
+             made_by, "",
              f"Images per set: {sizes}. val AUROC: mean of ID val against TIN val and against far val; "
              f"shuffle drop: val AUROC minus val AUROC with every x' taken from another image of its set (a row "
              f"counts as re-synthesis only with a drop >= {SHUFFLE_DROP_MIN:g}); label effect: pixel MSE between "

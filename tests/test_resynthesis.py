@@ -1,4 +1,6 @@
 """Issue 27: training-free re-synthesis scores, CAM-placed masks and the shuffle diagnostic's controls."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -257,3 +259,28 @@ def test_moodcat_ablation_scores_shipped_weights(tmp_path, script):
 
     shipped = SimpleNamespace(training_info={"moodcat_gan": {"pretrained": "weights/moodcat_cifar10.pt", "cached": True}})
     assert moodcat_ablation.training_seconds(shipped) == 0.0  # no run folder: nothing trained here
+
+
+def test_ablation_reads_the_configs_generator_and_refuses_to_mix_generators(tmp_path, capsys, script,
+                                                                           fake_data_pack):
+    """Without --pretrained the read stage trains the config's generator only (here the
+    class-consistency one, through the classifier) and no Cb; the readouts folder records its
+    generator, so reading another generator into it is refused in one line."""
+    ablation = script("resynthesis_ablation")
+    out = tmp_path / "out"
+    common = ["-b", "cifar10", "--profile", "tiny", "--output-dir", str(out), "--data-root", str(fake_data_pack),
+              "--per-set", "4", "--set", "device=cpu"]
+    consistency = ["--set", "postprocessors.moodcat.gan.class_consistency_weight=1.0"]
+    assert ablation.main([*common, *consistency]) == 0
+    assert list((out / "checkpoints").glob("cifar10-moodcat_gan-*/final.ckpt"))
+    assert not list((out / "checkpoints").glob("cifar10-moodcat_cb-*"))
+    identity = json.loads((out / "resynthesis" / "cifar10" / "readouts" / "identity.json").read_text())
+    assert identity["generator"]["run"].startswith("cifar10-moodcat_gan-") and identity["per_set"] == 4
+    table = (out / "resynthesis" / "cifar10" / "resynthesis.md").read_text()
+    assert identity["generator"]["run"] in table and "| feature_l1_k1 |" in table
+    capsys.readouterr()
+    assert ablation.main([*common, "--stage", "read"]) == 2  # the plain generator: another run folder
+    assert len(list((out / "checkpoints").glob("cifar10-moodcat_gan-*"))) == 1  # refused before training it
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "holds readouts of another classifier or generator: generator {'run': 'cifar10-moodcat_gan-" in err
+    assert "(now {'pretrained': " not in err and err.endswith("use another --output-dir for this one")
