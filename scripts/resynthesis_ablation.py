@@ -39,7 +39,8 @@ from moodcat_plugin.evaluation.metrics import ood_metrics
 from moodcat_plugin.moodcat.diagnostics import SHUFFLE_DROP_MIN, shuffle_drop
 from moodcat_plugin.moodcat import runs
 from moodcat_plugin.moodcat.fusion import CascadeFusion
-from moodcat_plugin.moodcat.resynthesis import (MASK_FAMILIES, concat_readouts, ebo_distance, label_effect_of,
+from moodcat_plugin.moodcat.resynthesis import (MASK_FAMILIES, agreement_of, concat_readouts, ebo_distance,
+                                                label_effect_of,
                                                 read_synthesis, shuffled_synthesis, variant_distance)
 from moodcat_plugin.pipeline import (Runner, build_config, classifier_run, default_config_root, method_config,
                                      pretrained_flags)
@@ -250,11 +251,14 @@ def table_stage(args, spec) -> str:
         readouts = {name: _load(folder / "readouts", name, family) for name in names}
         results.append(score_row(variant, readouts, groups, unit_s))
     images = {name: timing[f"{name}_random"]["images"] for name in names}
+    agreement = {family: {name: agreement_of(_load(folder / "readouts", name, family)) for name in names}
+                 for family in MASK_FAMILIES}
     identity_file = folder / "readouts" / "identity.json"
     identity = json.loads(identity_file.read_text()) if identity_file.is_file() else None
-    markdown = render(results, images, unit_s, args.benchmark, identity)
+    markdown = render(results, images, unit_s, args.benchmark, identity, agreement)
     atomic_write_text(markdown, folder / "resynthesis.md")
-    atomic_write_json({"rows": results, "images": images, "seconds_per_synthesis": unit_s, "identity": identity},
+    atomic_write_json({"rows": results, "images": images, "seconds_per_synthesis": unit_s, "identity": identity,
+                       "agreement": agreement},
                       folder / "resynthesis.json")
     return markdown
 
@@ -263,10 +267,14 @@ def _num(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render(results, images, unit_s, benchmark, identity=None) -> str:
+def render(results, images, unit_s, benchmark, identity=None, agreement=None) -> str:
     sizes = ", ".join(f"{name} {count}" for name, count in images.items())
     made_by = ("Readouts of an unrecorded classifier and generator." if identity is None else
                f"Classifier run {identity['classifier']}; generator {json.dumps(identity['generator'])}.")
+    if agreement:
+        made_by += " Prediction agreement pred(x') = pred(x), per set: " + "; ".join(
+            f"{family} masks " + ", ".join(f"{name} {100 * share:.1f} %" for name, share in shares.items())
+            for family, shares in agreement.items()) + "."
     lines = [f"# Training-free re-synthesis scores, {benchmark}, deployable protocol (label = classifier prediction)", "",
              made_by, "",
              f"Images per set: {sizes}. val AUROC: mean of ID val against TIN val and against far val; "

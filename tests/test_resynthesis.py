@@ -278,9 +278,21 @@ def test_ablation_reads_the_configs_generator_and_refuses_to_mix_generators(tmp_
     assert identity["generator"]["run"].startswith("cifar10-moodcat_gan-") and identity["per_set"] == 4
     table = (out / "resynthesis" / "cifar10" / "resynthesis.md").read_text()
     assert identity["generator"]["run"] in table and "| feature_l1_k1 |" in table
+    assert "Prediction agreement pred(x') = pred(x), per set: random masks id_val " in table
+    shares = json.loads((out / "resynthesis" / "cifar10" / "resynthesis.json").read_text())["agreement"]
+    assert set(shares) == {"random", "cam"} and all(0 <= v <= 1 for family in shares.values() for v in family.values())
     capsys.readouterr()
     assert ablation.main([*common, "--stage", "read"]) == 2  # the plain generator: another run folder
     assert len(list((out / "checkpoints").glob("cifar10-moodcat_gan-*"))) == 1  # refused before training it
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "holds readouts of another classifier or generator: generator {'run': 'cifar10-moodcat_gan-" in err
     assert "(now {'pretrained': " not in err and err.endswith("use another --output-dir for this one")
+
+
+def test_agreement_counts_syntheses_given_the_label_of_their_input():
+    from moodcat_plugin.moodcat.resynthesis import agreement_of
+
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0]])  # predictions 0, 1
+    synth = torch.tensor([[[2.0, 1.0], [0.0, 1.0], [5.0, 0.0]],    # image 0: agrees, disagrees, agrees
+                          [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])   # image 1: disagrees twice, agrees once
+    assert agreement_of({"logits": logits, "synth_logits": synth}) == pytest.approx(3 / 6)

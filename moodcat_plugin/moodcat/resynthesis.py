@@ -189,3 +189,10 @@ def shuffled_synthesis(readout: Readout, seed: int = 0) -> Readout:
 def label_effect_of(readout: Readout) -> float:
     """Mean MSE(x', alt) / mean MSE(x', x) over images and masks (pixels, [-1,1] images)."""
     return float(readout["label_mse"].mean() / (readout["recon_mse"].mean() + EPS))
+
+
+def agreement_of(readout: Readout) -> float:
+    """Share in [0, 1] of (image, mask) pairs whose synthesis the classifier gives the label it gave
+    x: pred(x'_k) = pred(x). DiffGuard's premise (a label-faithful synthesis) measured without OOD data."""
+    pred = readout["logits"].argmax(1)
+    return float((readout["synth_logits"].argmax(2) == pred[:, None]).float().mean())
