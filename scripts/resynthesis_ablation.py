@@ -214,7 +214,7 @@ def score_row(variant: dict, readouts: dict, groups: dict, unit_s: float) -> dic
                                                           "far_val": readouts["far_val"]}, shuffled_synthesis)
     id_conf = -score(readouts["id_test"]).numpy()
     result = {"name": variant["name"], "val_auroc": validation["auroc"], "shuffle_drop": validation["drop"],
-              "val_auroc_shuffled": validation["auroc_shuffled"]}
+              "val_auroc_shuffled": validation["auroc_shuffled"], "val_parts": validation["parts"]}
     for group in ("near", "far"):
         metrics = {name: ood_metrics(id_conf, -score(readouts[name]).numpy()) for name in groups[group]}
         result[f"{group}_sets"] = {name: 100 * m["AUROC"] for name, m in metrics.items()}
@@ -283,11 +283,13 @@ def render(results, images, unit_s, benchmark, identity=None, agreement=None) ->
              "the syntheses under the predicted and the runner-up label over MSE(x', x) on ID val; test AUROC and "
              "FPR@95 (OOD positive) are means over the near / far sets; extra s: measured scoring seconds per 1,000 "
              f"images beyond the classifier ({unit_s * 1000:.2f} s per synthesis pass).", "",
-             "| row | counts | val AUROC | shuffle drop | label effect | near AUROC | far AUROC | near FPR@95 | "
-             "far FPR@95 | extra s / 1k | per set AUROC |", "|---" * 11 + "|"]
+             "| row | counts | val AUROC | val TIN / far | shuffle drop | label effect | near AUROC | far AUROC | "
+             "near FPR@95 | far FPR@95 | extra s / 1k | per set AUROC |", "|---" * 12 + "|"]
     for r in results:
         per_set = ", ".join(f"{k} {v:.1f}" for k, v in {**r["near_sets"], **r["far_sets"]}.items())
-        lines.append(f"| {r['name']} | {'yes' if r['counts'] else 'no'} | {r['val_auroc']:.2f} | {r['shuffle_drop']:+.2f} | "
+        parts = " / ".join(f"{v:.1f}" for v in r["val_parts"].values())
+        lines.append(f"| {r['name']} | {'yes' if r['counts'] else 'no'} | {r['val_auroc']:.2f} | {parts} | "
+                     f"{r['shuffle_drop']:+.2f} | "
                      f"{_num(r['label_effect'], 3)} | {r['near_auroc']:.2f} | {r['far_auroc']:.2f} | {r['near_fpr']:.2f} | "
                      f"{r['far_fpr']:.2f} | {r['extra_s_per_1000']:.0f} | {per_set} |")
     return "\n".join(lines) + "\n"

@@ -172,6 +172,8 @@ def test_ablation_rows_count_only_standalone_rows_that_read_their_synthesis(scri
     assert not fused["counts"] and not msp["counts"] and msp["shuffle_drop"] == 0.0
     table = ablation.render([scored, fused, msp], {name: 200 for name in readouts}, 0.01, "cifar10")
     assert "| feature_l1_k4 | yes |" in table and "| fused | no |" in table
+    assert set(scored["val_parts"]) == {"tin_val", "far_val"} and "| val TIN / far |" in table
+    assert f"| {scored['val_parts']['tin_val']:.1f} / {scored['val_parts']['far_val']:.1f} |" in table
     timing = {"a_random": {"images": 10, "seconds": 12.0, "classifier_seconds": 1.0, "syntheses": 5, "group": "val"}}
     assert ablation.seconds_per_synthesis(timing) == pytest.approx(0.2)
 

@@ -138,18 +138,19 @@ def shuffle_drop(score: Callable, id_items, ood_items: Mapping[str, object],
     ``score(items) -> [N]`` distance (high = OOD) of one set's items (e.g. a re-synthesis readout);
     ``shuffle(items, seed) -> items`` gives every image another image's synthesis. ``ood_items``:
     OOD-val sets by name; AUROC (percent) is the mean over them. Returns ``{'auroc',
-    'auroc_shuffled', 'drop', 'reads_synthesis'}`` (drop = auroc - auroc_shuffled; reads_synthesis
-    1.0 when drop >= SHUFFLE_DROP_MIN else 0.0)."""
-    def mean_auroc(transform) -> float:
+    'auroc_shuffled', 'drop', 'reads_synthesis', 'parts'}`` (drop = auroc - auroc_shuffled;
+    reads_synthesis 1.0 when drop >= SHUFFLE_DROP_MIN else 0.0; parts: unshuffled AUROC per OOD set)."""
+    def aurocs(transform) -> Dict[str, float]:
         id_distance = score(transform(id_items, seed))
-        return float(np.mean([auroc_percent(id_distance, score(transform(items, seed + 1 + i)))
-                              for i, items in enumerate(ood_items.values())]))
+        return {name: auroc_percent(id_distance, score(transform(items, seed + 1 + i)))
+                for i, (name, items) in enumerate(ood_items.items())}
 
-    plain = mean_auroc(lambda items, _: items)
-    shuffled = mean_auroc(shuffle)
+    parts = aurocs(lambda items, _: items)
+    plain = float(np.mean(list(parts.values())))
+    shuffled = float(np.mean(list(aurocs(shuffle).values())))
     drop = plain - shuffled
     return {"auroc": plain, "auroc_shuffled": shuffled, "drop": drop,
-            "reads_synthesis": float(drop >= SHUFFLE_DROP_MIN)}
+            "reads_synthesis": float(drop >= SHUFFLE_DROP_MIN), "parts": parts}
 
 
 @torch.no_grad()
