@@ -36,12 +36,12 @@ from moodcat_plugin.config import load_yaml
 from moodcat_plugin.data import make_loader
 from moodcat_plugin.errors import UserError
 from moodcat_plugin.evaluation.metrics import ood_metrics
-from moodcat_plugin.moodcat.diagnostics import SHUFFLE_DROP_MIN, shuffle_drop
 from moodcat_plugin.moodcat import runs
+from moodcat_plugin.moodcat.diagnostics import SHUFFLE_DROP_MIN, shuffle_drop
 from moodcat_plugin.moodcat.fusion import CascadeFusion
 from moodcat_plugin.moodcat.resynthesis import (MASK_FAMILIES, agreement_of, concat_readouts, ebo_distance,
-                                                label_effect_of,
-                                                read_synthesis, shuffled_synthesis, variant_distance)
+                                                label_effect_of, read_synthesis, shuffled_synthesis,
+                                                variant_distance)
 from moodcat_plugin.pipeline import (Runner, build_config, classifier_run, default_config_root, method_config,
                                      pretrained_flags)
 from moodcat_plugin.training import run_folder
@@ -76,9 +76,10 @@ def parse_args(argv=None):
 
 
 def build_runner(args, settings: dict):
-    """(runner, generator, classifier, identity): the shipped generator (``--pretrained``) or the
-    config's (trained or cached; no Cb) and the benchmark's classifier. ``identity`` names both
-    and the read ``settings``; it is checked against the readouts folder before anything trains."""
+    """(runner, generator, classifier): the shipped generator (``--pretrained``) or the config's
+    (trained or cached; no Cb) and the benchmark's classifier. What names both and the read
+    ``settings`` (:func:`readout_identity`) is checked against the readouts folder before anything
+    trains."""
     root = default_config_root()
     flags = {"output_dir": str(args.output_dir / "resynthesis"), "checkpoint_dir": str(args.output_dir / "checkpoints"),
              "data_root": args.data_root, "device": args.device, "progress": False,
@@ -95,7 +96,7 @@ def build_runner(args, settings: dict):
         gan = post.gan
     else:
         gan, _, _ = runs.train_gan(post.config, post.benchmark, net, runner.evaluator.id_loader_dict, post.device)
-    return runner, gan, net, identity
+    return runner, gan, net
 
 
 def readout_identity(args, cfg, settings: dict) -> dict:
@@ -145,7 +146,7 @@ def evaluation_sets(runner, per_set: int) -> dict:
 
 def read_stage(args, spec) -> None:
     settings = spec["read"]
-    runner, gan, net, _ = build_runner(args, settings)
+    runner, gan, net = build_runner(args, settings)
     bench, device = runner.benchmark, runner.config.device
     folder = args.output_dir / "resynthesis" / args.benchmark / "readouts"
     for name, (group, images) in evaluation_sets(runner, args.per_set).items():
@@ -245,14 +246,11 @@ def table_stage(args, spec) -> str:
             groups[group].append(name)
     unit_s = seconds_per_synthesis(timing)
     rows = [{"name": "msp", "baseline": "msp"}, {"name": "ebo", "baseline": "ebo"}] + list(spec["variants"])
-    results = []
-    for variant in rows:
-        family = variant.get("masks", "random")
-        readouts = {name: _load(folder / "readouts", name, family) for name in names}
-        results.append(score_row(variant, readouts, groups, unit_s))
+    loaded = {family: {name: _load(folder / "readouts", name, family) for name in names} for family in MASK_FAMILIES}
+    results = [score_row(variant, loaded[variant.get("masks", "random")], groups, unit_s) for variant in rows]
     images = {name: timing[f"{name}_random"]["images"] for name in names}
-    agreement = {family: {name: agreement_of(_load(folder / "readouts", name, family)) for name in names}
-                 for family in MASK_FAMILIES}
+    agreement = {family: {name: agreement_of(readout) for name, readout in readouts.items()}
+                 for family, readouts in loaded.items()}
     identity_file = folder / "readouts" / "identity.json"
     identity = json.loads(identity_file.read_text()) if identity_file.is_file() else None
     markdown = render(results, images, unit_s, args.benchmark, identity, agreement)
